@@ -1,0 +1,61 @@
+"""`rvos-ray <command> ...`: one entry point, each command implemented in its own module.
+
+A command module exposes ``main(argv: list[str]) -> int`` and builds its own argparse parser,
+so ``rvos-ray <command> --help`` documents it and importing the CLI stays cheap (torch, ray
+and mmdet are imported only by the commands that need them).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-shapes": ("rvos_ray.data.synthetic", "write the synthetic benchmark (Ref-YouTube-VOS layout)"),
+    "score": ("rvos_ray.evaluation.score_cli", "score a submission folder or zip: J, F, J&F per expression"),
+}
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one clear line, exit code 2."""
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: rvos-ray <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "rvos-ray <command> --help for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"rvos-ray: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        return int(module.main(rest) or 0)
+    except (UserError, FileNotFoundError, ValueError, KeyError) as e:
+        # Input errors carry a message naming the file/key; show it, not a traceback.
+        if _is_input_error(e):
+            print(f"rvos-ray {command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_input_error(e: BaseException) -> bool:
+    from rvos_ray.data.errors import DataError
+    from rvos_ray.registry import ConfigError, RegistryError
+    from rvos_ray.types import SchemaError
+
+    return isinstance(e, (UserError, DataError, ConfigError, RegistryError, SchemaError, FileNotFoundError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Structured configs: the dataclasses every YAML in ``configs/`` is validated against.
+
+``load_config(path, overrides)`` merges the YAML over these defaults, applies OmegaConf dotlist
+overrides (``key=value``), and raises :class:`ConfigError` naming the key and the file for an
+unknown key or a wrongly typed value. Backend sections (``segmentation.models[*]``,
+``propagation``, ``grounding.variants[*]``) carry ``backend:`` plus that backend's own typed
+options, validated against the backend's ``Options`` dataclass by :mod:`rvos_ray.registry`
+when the backend is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rvos_ray.registry import ConfigError
+from rvos_ray.types import Resources
+
+__all__ = ["ConfigError", "RunConfig", "load_config", "to_yaml", "resources_of"]
+
+
+@dataclass
+class ResourcesConfig:
+    num_cpus: float = 1.0  # CPUs reserved by each worker of the stage
+    num_gpus: float = 0.0  # GPUs per worker (fractions share a GPU)
+    replicas: int = 1  # actor pool size
+    batch_size: int = 1  # items per model call (keyframes, frames, candidates)
+    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources, e.g. {seg: 1}
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/shapes"  # dataset root: local path or pyarrow.fs URI (s3://, gs://)
+    split: str = "valid"  # train / valid / test
+    dataset: str = "refytvos"  # refytvos | davis | mevis
+    videos: Any = None  # None (all), a count, or a list of video ids
+
+
+@dataclass
+class RunSection:
+    dir: str = "runs/default"  # run directory: local path or URI
+    seed: int = 0
+    resume: bool = True  # skip videos whose outputs are complete
+    submission_zip: bool = True
+
+
+@dataclass
+class RaySection:
+    address: str = ""  # empty: start a local Ray; else an existing cluster ("auto", ray://...)
+    num_cpus: Any = None  # local Ray only
+    resources: dict[str, float] = field(default_factory=dict)  # local Ray only: custom resources
+    dashboard_host: str = "127.0.0.1"
+    max_videos_in_flight: int = 4  # ray.wait backpressure
+    max_retries: int = 2  # task retries
+    max_restarts: int = 2  # actor restarts
+
+
+@dataclass
+class KeyframesConfig:
+    k: int = 7  # keyframes sampled uniformly over the video (paper: K=7)
+
+
+@dataclass
+class SegmentationConfig:
+    # each entry: {name: ..., backend: mmdet|mask2former, <that backend's options>}
+    models: list[Any] = field(default_factory=list)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+
+@dataclass
+class PropagationConfig:
+    backend: str = "cfbi"  # cfbi | sam2
+    options: dict[str, Any] = field(default_factory=dict)  # the backend's typed options
+    candidates_per_call: int = 8  # chunk of candidates one propagation call handles
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+
+@dataclass
+class NMSConfig:
+    iou_threshold: float = 0.5  # tracklet-IoU above which the lower-scored tracklet is removed
+    max_tracklets: int = 10  # P: tracklets kept per video (paper: 10)
+    min_score: float = 0.0  # tracklets scoring below are dropped before NMS
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+
+@dataclass
+class GroundingConfig:
+    # each entry: {name: ..., <grounder options: visual/text encoders, checkpoint, ...>}
+    variants: list[Any] = field(default_factory=list)
+    frame_stride: int = 1  # ground every n-th frame; s_p averages over those
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+
+@dataclass
+class EnsembleConfig:
+    weights: dict[str, float] = field(default_factory=dict)  # per variant; empty = equal
+    mode: str = "mean"  # mean | logmean
+    temperature: float = 1.0
+
+
+@dataclass
+class EvaluationConfig:
+    protocol: str = "rvos"  # rvos | davis
+    strict: bool = False  # a missing prediction frame is an error instead of an empty mask
+    workers: int = 0  # scorer processes; 0 = all cores
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunSection = field(default_factory=RunSection)
+    ray: RaySection = field(default_factory=RaySection)
+    keyframes: KeyframesConfig = field(default_factory=KeyframesConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    propagation: PropagationConfig = field(default_factory=PropagationConfig)
+    nms: NMSConfig = field(default_factory=NMSConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated against :class:`RunConfig`."""
+    where = str(path) if path else "<defaults>"
+    cfg = OmegaConf.structured(RunConfig)
+    try:
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file {p} does not exist")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        msg = getattr(e, "msg", str(e))
+        raise ConfigError(f"{where}: key {key!r}: {msg}" if key else f"{where}: {msg}") from e
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def resources_of(section: Any) -> Resources:
+    r = section.resources
+    return Resources(
+        num_cpus=float(r.num_cpus),
+        num_gpus=float(r.num_gpus),
+        replicas=int(r.replicas),
+        batch_size=int(r.batch_size),
+        custom={str(k): float(v) for k, v in r.custom.items()},
+    )
