@@ -62,8 +62,9 @@ def parse_options(options_cls: type, section: Mapping[str, Any], where: str) -> 
     if not dataclasses.is_dataclass(options_cls):
         raise TypeError(f"{options_cls!r} is not a dataclass")
     data = OmegaConf.to_container(OmegaConf.create(dict(section)), resolve=True) if section else {}
-    data = {k: v for k, v in data.items() if k not in _META_KEYS}
     known = {f.name for f in dataclasses.fields(options_cls)}
+    # section bookkeeping keys are not options unless the backend declares them
+    data = {k: v for k, v in data.items() if k in known or k not in _META_KEYS}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r}; expected one of {sorted(known)}")

@@ -1,0 +1,61 @@
+from dataclasses import dataclass
+
+import pytest
+
+from rvos_ray.config import ConfigError, load_config, resources_of
+from rvos_ray.registry import Registry, RegistryError, parse_options
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  root: /x\nnms:\n  max_tracklets: 5\n")
+    cfg = load_config(p, ["keyframes.k=3", "nms.resources.custom={seg: 1}"])
+    assert cfg.data.root == "/x" and cfg.nms.max_tracklets == 5 and cfg.keyframes.k == 3
+    assert resources_of(cfg.nms).custom == {"seg": 1.0}
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("nms:\n  max_trackletz: 5\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*max_trackletz"):
+        load_config(p)
+
+
+def test_wrong_type_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="keyframes.k"):
+        load_config(None, ["keyframes.k=seven"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@dataclass
+class _Opts:
+    depth: int = 18  # network depth
+    name: str = ""
+
+
+class _Backend:
+    Options = _Opts
+
+    def __init__(self, options):
+        self.options = options
+
+
+def test_registry_builds_with_typed_options_and_names_errors():
+    reg = Registry("thing")
+    reg.register("b", f"{__name__}:_Backend")
+    obj = reg.build("b", {"backend": "b", "depth": 50}, where="cfg.yaml:propagation")
+    assert obj.options.depth == 50
+    with pytest.raises(ConfigError, match=r"cfg.yaml:propagation: unknown key 'dpth'"):
+        reg.build("b", {"dpth": 50}, where="cfg.yaml:propagation")
+    with pytest.raises(ConfigError, match="cfg.yaml:propagation"):
+        reg.build("b", {"depth": "deep"}, where="cfg.yaml:propagation")
+    with pytest.raises(RegistryError, match="unknown thing 'c'; known: b"):
+        reg.get("c")
+    with pytest.raises(RegistryError, match="twice"):
+        reg.register("b", "x:y")
+
+
+def test_parse_options_ignores_meta_keys():
+    o = parse_options(_Opts, {"backend": "b", "name": "m", "resources": {}}, "w")
+    assert o.name == "m" and o.depth == 18  # name is declared by _Opts, so it is kept
