@@ -54,9 +54,13 @@ class RaySection:
     num_cpus: Any = None  # local Ray only
     resources: dict[str, float] = field(default_factory=dict)  # local Ray only: custom resources
     dashboard_host: str = "127.0.0.1"
+    dashboard: bool = False  # local Ray only: start the dashboard (bound to dashboard_host)
+    log_to_driver: bool = True  # print workers' logs on the driver
     max_videos_in_flight: int = 4  # ray.wait backpressure
-    max_retries: int = 2  # task retries
+    max_retries: int = 2  # task retries (and retries of an actor call whose actor died)
     max_restarts: int = 2  # actor restarts
+    placement_timeout_s: float = 300.0  # actors not started by then: PlacementError
+    autoscaling: bool = False  # cluster grows on demand: skip the up-front feasibility check
 
 
 @dataclass
