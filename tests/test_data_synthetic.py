@@ -116,7 +116,7 @@ def test_expressions_are_unambiguous_visible_and_mixed(shapes):
     ds = RefYTVOS(shapes, "train")
     objs_meta = json.load(open(os.path.join(shapes, "train", "meta.json")))["videos"]
     kinds: dict[str, int] = {}
-    checked_spatial = 0
+    checked_spatial = checked_motion = 0
     for vid in ds.video_ids():
         objs = objs_meta[vid]["objects"]
         labels = _masks(ds, vid)
@@ -135,18 +135,21 @@ def test_expressions_are_unambiguous_visible_and_mixed(shapes):
                 phrase, direction = re.match(r"^(.*) moving (left|right|up|down)$", e.text).groups()
                 assert _matching(objs, *_parse_phrase(phrase), motion=direction) == {oid}, (vid, e.text)
                 # the motion is real: the centroid moves that way between well-visible frames
-                good = [c for c in cents[oid].values() if c[2] >= 0.95 * full[oid]]
-                if len(good) >= 2:
-                    (x0, y0, _), (x1, y1, _) = good[0], good[-1]
+                # (>= ~1 px/frame along the axis; 1 px slack for rounding)
+                index = {f: t for t, f in enumerate(sorted(labels))}
+                good = [(index[f], c) for f, c in sorted(cents[oid].items()) if c[2] >= 0.95 * full[oid]]
+                if len(good) >= 2 and good[-1][0] - good[0][0] >= 3:
+                    (t0, (x0, y0, _)), (t1, (x1, y1, _)) = good[0], good[-1]
                     d = {"left": x0 - x1, "right": x1 - x0, "up": y0 - y1, "down": y1 - y0}[direction]
-                    assert d > -1.0, (vid, e.text)
+                    assert d >= 0.8 * (t1 - t0) - 1, (vid, e.text, d, t1 - t0)
+                    checked_motion += 1
             else:
                 assert e.kind == "spatial"
                 checked_spatial += _check_spatial(e.text, oid, objs, cents, full)
         assert set(per_obj) == {int(i) for i in objs}
         assert min(per_obj.values()) >= 2
     assert set(kinds) == {"attribute", "spatial", "motion"}
-    assert checked_spatial > 0
+    assert checked_spatial > 0 and checked_motion > 0
 
 
 def _check_spatial(text: str, oid: int, objs: dict, cents: dict, full: dict) -> int:
