@@ -38,7 +38,7 @@ from rvos_ray.data.synthetic_scene import VISIBLE_GOOD, Scene, sample_scene
 from rvos_ray.data.synthetic_text import KINDS, expressions_for
 
 SPLITS: tuple[str, ...] = ("train", "valid")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump whenever the output changes, so make-shapes regenerates
 JPEG_QUALITY = 90
 _MAX_TRIES = 200  # scenes are resampled until every object is seen well enough
 

@@ -178,8 +178,12 @@ def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 def _trajectory(rng: np.random.Generator, direction: str, r: float, height: int, width: int,
-                num_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centres along a dominant axis: 'inside' the frame, 'enter' from off-frame, or 'leave'."""
+                num_frames: int, lane: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Centres along a dominant axis: 'inside' the frame, 'enter' from off-frame, or 'leave'.
+
+    ``lane`` (fractions of the cross axis) keeps the object in a band across its motion, so
+    objects in separate lanes keep their order (which spatial expressions rely on).
+    """
     horizontal = direction in ("left", "right")
     length, cross = (width, height) if horizontal else (height, width)
     lo, hi = r, length - r  # along-axis range where the object is fully inside
@@ -194,9 +198,14 @@ def _trajectory(rng: np.random.Generator, direction: str, r: float, height: int,
     else:  # leave: ends fully outside
         u0 = rng.uniform(lo, lo + 0.6 * (hi - lo))
         u1 = length + r + rng.uniform(0, 0.1 * length)
-    v0 = rng.uniform(r, cross - r)
+    v_lo, v_hi = r, cross - r
+    if lane is not None:
+        v_lo, v_hi = max(v_lo, lane[0] * cross), min(v_hi, lane[1] * cross)
+        if v_lo > v_hi:  # band narrower than the object: keep to its centre
+            v_lo = v_hi = float(np.clip(0.5 * (lane[0] + lane[1]) * cross, r, cross - r))
+    v0 = rng.uniform(v_lo, v_hi)
     drift = rng.uniform(-0.2, 0.2) * abs(u1 - u0)  # the dominant axis stays >= 5x the other
-    v1 = float(np.clip(v0 + drift, r, cross - r))
+    v1 = float(np.clip(v0 + drift, v_lo, v_hi))
     t = np.linspace(0.0, 1.0, num_frames)
     wobble = rng.uniform(0, 2.5) * np.sin(2 * math.pi * (t * rng.uniform(0.5, 2) + rng.uniform()))
     u = u0 + (u1 - u0) * t
@@ -217,6 +226,17 @@ def sample_scene(rng: np.random.Generator, height: int, width: int, num_frames: 
     used: set[tuple[str, str, str]] = set()
     depth = rng.permutation(n)
     short = min(height, width)
+    # Often the same-shape objects move along one axis in separate lanes, so their order
+    # across the motion ("the topmost triangle") holds for the whole video.
+    lanes: dict[int, tuple[float, float]] = {}
+    lane_axis = None
+    if rng.random() < 0.6:
+        lane_axis = ("left", "right") if rng.random() < 0.5 else ("up", "down")
+        members = [i for i, s in enumerate(shapes) if s == main]
+        for k, i in zip(rng.permutation(len(members)), members):
+            width_k = 1.0 / len(members)
+            centre = (k + 0.5) * width_k
+            lanes[i] = (centre - 0.22 * width_k, centre + 0.22 * width_k)
     colors, sizes = list(COLORS), list(SIZES)
     objects, sprites = [], []
     for i, shape in enumerate(shapes):
@@ -227,8 +247,11 @@ def sample_scene(rng: np.random.Generator, height: int, width: int, num_frames: 
                 used.add((shape, color, size))
                 break
         radius = 0.5 * SIZES[size] * short * rng.uniform(0.95, 1.05)
-        direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
-        xs, ys = _trajectory(rng, direction, radius, height, width, num_frames)
+        if i in lanes and lane_axis is not None:
+            direction = lane_axis[int(rng.integers(2))]
+        else:
+            direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
+        xs, ys = _trajectory(rng, direction, radius, height, width, num_frames, lanes.get(i))
         objects.append(SceneObject(i + 1, shape, color, size, radius, direction, int(depth[i]), xs, ys))
         sprites.append(_sprite(shape, color, radius))
     return Scene(height, width, num_frames, objects, background(rng, height, width), sprites)
