@@ -105,13 +105,17 @@ def frame_jf(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> tu
     if g.shape != p.shape or g.ndim != 2:
         raise ValueError(f"masks must be 2-D and the same size: ground truth {gt.shape}, prediction {pred.shape}")
     h, w = g.shape
-    # One full-frame pass: the bounding box of the union. Everything else happens on the crop.
-    x, y, bw, bh = cv2.boundingRect(cv2.max(g, p))
-    if bw == 0:  # both empty: J = 1, both boundaries empty -> F = 1
+    # The only full-frame work: the bounding box of the union (row/column maxima are
+    # vectorised; cv2.boundingRect is not). Everything else happens on the crop.
+    union = np.maximum(g, p)
+    rows = np.flatnonzero(union.max(axis=1))
+    if rows.size == 0:  # both empty: J = 1, both boundaries empty -> F = 1
         return 1.0, 1.0
-    # Boundary pixels lie in rows [y-1, y+bh) and columns [x-1, x+bw); seg2bmap also needs the
-    # next row/column, taken from the image where it exists and edge-replicated at the border.
-    y0, x0, y1, x1 = max(y - 1, 0), max(x - 1, 0), y + bh, x + bw
+    cols = np.flatnonzero(union[rows[0]:rows[-1] + 1].max(axis=0))
+    # Boundary pixels lie in rows [top-1, bottom] and columns [left-1, right]; seg2bmap also
+    # needs the next row/column, taken from the image where it exists, else edge-replicated.
+    y0, x0 = max(int(rows[0]) - 1, 0), max(int(cols[0]) - 1, 0)
+    y1, x1 = int(rows[-1]) + 1, int(cols[-1]) + 1
     ye, xe = min(y1 + 1, h), min(x1 + 1, w)
     cg = g[y0:ye, x0:xe] != 0
     cp = p[y0:ye, x0:xe] != 0

@@ -1,0 +1,429 @@
+"""Score predictions against a split's ground truth: per-expression J, F, J&F.
+
+Protocols (per-frame J and F are :mod:`rvos_ray.evaluation.metrics`, DAVIS definitions):
+
+- ``"rvos"`` (default, Ref-YouTube-VOS / MeViS practice): an expression is scored on every
+  annotated frame of its video; its ground truth is the union mask of its ``obj_ids``. The
+  expression's J and F are the means over those frames; the split's J and F are the means over
+  expressions; J&F = (J + F) / 2.
+- ``"davis"`` (DAVIS-2017 semi-supervised convention, as Ref-DAVIS17 is reported): the first and
+  the last annotated frame of each video are excluded; each expression is scored on the rest as
+  above (one row per expression in the table); the split figures aggregate **per object**:
+  expressions of the same video that refer to the same object(s) are averaged into one object
+  score, and J and F are the means over objects (DAVIS's per-object means over all sequences).
+
+A prediction frame that is missing counts as an empty mask and is counted (``strict=True``
+makes it an error). A prediction whose size differs from the ground truth is an error naming the
+file and the expected size. Work is spread over videos (cut into runs of frames when there are
+few): :func:`score_split` uses a process pool (file-based predictions); :meth:`Scorer.score`
+uses threads (in-memory predictions). Expression means are taken over the per-frame values in
+frame order whatever the split into units, so every run gives the same numbers.
+
+Nothing here imports torch or ray, so ``rvos-ray score`` starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from rvos_ray.data.errors import DataError
+from rvos_ray.evaluation.metrics import BOUND_TH, frame_jf
+from rvos_ray.evaluation.predictions import LAYOUT, PredictionSource, open_predictions
+from rvos_ray.types import METRICS_SCHEMA, table_from_columns
+
+PROTOCOLS = ("rvos", "davis")
+
+READERS: dict[str, str] = {
+    "refytvos": "rvos_ray.data.refytvos:RefYTVOS",
+    "davis": "rvos_ray.data.refytvos:RefDAVIS17",
+    "mevis": "rvos_ray.data.mevis:MeViS",
+}
+"""Dataset name -> reader class ("module:Class", imported when used)."""
+
+# Readers whose label_map holds every object (palette PNG): read it once per frame and derive
+# all expressions' masks from it, instead of decoding the same PNG once per expression.
+_LABEL_MAP_DATASETS = ("refytvos", "davis")
+MAX_MISSING_LISTED = 20
+MIN_CHUNK_FRAMES = 5  # frames per unit of work at least: a unit re-reads the video's meta
+
+
+def make_reader(dataset: str, root: str, split: str):
+    """The dataset reader for ``dataset`` (a key of :data:`READERS`)."""
+    if dataset not in READERS:
+        raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(READERS)}")
+    module, cls = READERS[dataset].split(":")
+    return getattr(importlib.import_module(module), cls)(root, split)
+
+
+def eval_frames(protocol: str, annotated: Sequence[str]) -> list[str]:
+    """The frames a protocol scores, from a video's annotated frames (in order)."""
+    if protocol == "rvos":
+        return list(annotated)
+    if protocol == "davis":
+        return list(annotated[1:-1])
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+
+
+@dataclass(frozen=True)
+class ExpressionScore:
+    """One expression's means over its scored frames (NaN when it has none)."""
+
+    video: str
+    exp_id: str
+    obj_ids: tuple[int, ...]
+    J: float
+    F: float
+    n_frames: int
+    n_missing: int = 0
+
+    @property
+    def JF(self) -> float:
+        return (self.J + self.F) / 2
+
+
+@dataclass
+class VideoScore:
+    video: str
+    expressions: list[ExpressionScore]
+    n_annotated: int
+    n_missing: int = 0
+    missing: list[str] = field(default_factory=list)  # first few names, for the report
+
+
+@dataclass
+class ScoreReport:
+    """The scores of a split: per-expression rows plus what the summary needs."""
+
+    protocol: str
+    expressions: list[ExpressionScore]
+    n_videos: int
+    n_annotated_frames: int
+    n_missing: int
+    missing: list[str]
+
+    def table(self) -> pa.Table:
+        """The per-expression metrics table (:data:`rvos_ray.types.METRICS_SCHEMA`)."""
+        rows = self.expressions
+        return table_from_columns(
+            {
+                "video": [r.video for r in rows],
+                "exp_id": [r.exp_id for r in rows],
+                "J": [r.J for r in rows],
+                "F": [r.F for r in rows],
+                "J&F": [r.JF for r in rows],
+                "n_frames": [r.n_frames for r in rows],
+            },
+            METRICS_SCHEMA,
+            "metrics",
+        )
+
+    def summary(self) -> dict[str, float | int | str]:
+        """Split figures: J, F, J&F (means over expressions, or over objects for "davis") and counts."""
+        scored = [r for r in self.expressions if r.n_frames > 0]
+        if self.protocol == "davis":
+            groups: dict[tuple[str, tuple[int, ...]], list[ExpressionScore]] = {}
+            for r in scored:
+                groups.setdefault((r.video, tuple(sorted(r.obj_ids))), []).append(r)
+            units = [(float(np.mean([r.J for r in g])), float(np.mean([r.F for r in g]))) for g in groups.values()]
+        else:
+            units = [(r.J, r.F) for r in scored]
+        j = float(np.mean([u[0] for u in units])) if units else math.nan
+        f = float(np.mean([u[1] for u in units])) if units else math.nan
+        out: dict[str, float | int | str] = {
+            "protocol": self.protocol,
+            "J": j,
+            "F": f,
+            "J&F": (j + f) / 2,
+            "n_videos": self.n_videos,
+            "n_expressions": len(self.expressions),
+            "n_expressions_without_frames": len(self.expressions) - len(scored),
+            "n_frames": sum(r.n_frames for r in self.expressions),
+            "n_annotated_frames": self.n_annotated_frames,
+            "n_missing": self.n_missing,
+        }
+        if self.protocol == "davis":
+            out["n_objects"] = len(units)
+        return out
+
+    def format_summary(self) -> str:
+        s = self.summary()
+        over = f"{s['n_objects']} objects" if self.protocol == "davis" else f"{s['n_expressions']} expressions"
+        lines = [
+            f"protocol {self.protocol}: {s['n_videos']} videos, {s['n_expressions']} expressions, "
+            f"{s['n_frames']} expression-frames scored ({s['n_annotated_frames']} annotated frames)",
+            f"missing prediction frames: {s['n_missing']} of {s['n_frames']} (scored as empty masks)",
+        ]
+        if self.missing:
+            shown = self.missing[:5]
+            more = self.n_missing - len(shown)
+            lines.append("  e.g. " + "\n       ".join(shown) + (f"\n       ... and {more} more" if more > 0 else ""))
+        if s["n_expressions_without_frames"]:
+            lines.append(f"expressions with no frame to score (left out of the means): {s['n_expressions_without_frames']}")
+        lines.append(f"J {s['J']:.4f}   F {s['F']:.4f}   J&F {s['J&F']:.4f}   (mean over {over})")
+        return "\n".join(lines)
+
+
+class Scorer:
+    """Scores predictions against a dataset reader's ground truth.
+
+    ``reader`` is a dataset reader (``expressions``, ``annotated_frames``, ``object_mask``; see
+    :mod:`rvos_ray.data.refytvos`); ``predictions`` anything with ``read(video, exp_id, frame)``
+    and ``name(...)`` (:mod:`rvos_ray.evaluation.predictions`, e.g. ``MemoryPredictions`` for
+    masks held by the pipeline).
+    """
+
+    def __init__(self, reader, protocol: str = "rvos", strict: bool = False, bound_th: float = BOUND_TH):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+        self.reader = reader
+        self.protocol = protocol
+        self.strict = strict
+        self.bound_th = bound_th
+        self._use_label_map = getattr(reader, "dataset", None) in _LABEL_MAP_DATASETS and hasattr(reader, "label_map")
+
+    def frames(self, video: str) -> list[str]:
+        """The frames of ``video`` this scorer's protocol scores."""
+        return eval_frames(self.protocol, self.reader.annotated_frames(video))
+
+    def score_video(self, video: str, predictions: PredictionSource) -> VideoScore:
+        """All expressions of one video."""
+        return _merge(video, [self.score_frames(video, self.frames(video), predictions)])
+
+    def score_frames(self, video: str, frames: Sequence[str], predictions: PredictionSource) -> _Part:
+        """Per-frame J and F of every expression of ``video`` on ``frames`` (a unit of work)."""
+        reader = self.reader
+        exps = reader.expressions(video)
+        for e in exps:
+            if not e.obj_ids:
+                raise DataError(
+                    f"{getattr(reader, 'meta_path', 'meta_expressions.json')}: expression {e.exp_id!r} of video "
+                    f"{video!r} has no obj_id; scoring needs the ground-truth object of every expression"
+                )
+        part = _Part(video, [(e.exp_id, tuple(e.obj_ids)) for e in exps], len(frames))
+        empty: np.ndarray | None = None
+        for frame in frames:
+            label_map = reader.label_map(video, frame) if self._use_label_map else None
+            for k, e in enumerate(exps):
+                gt = self._gt(label_map, video, frame, e.obj_ids)
+                pred = predictions.read(video, e.exp_id, frame)
+                if pred is None:
+                    name = predictions.name(video, e.exp_id, frame)
+                    if self.strict:
+                        raise DataError(
+                            f"{name}: prediction frame is missing (strict mode: every annotated frame of "
+                            f"every expression needs a mask, {LAYOUT})"
+                        )
+                    part.missing_per_exp[k] += 1
+                    if len(part.missing_names) < MAX_MISSING_LISTED:
+                        part.missing_names.append(name)
+                    if empty is None or empty.shape != gt.shape:
+                        empty = np.zeros(gt.shape, np.uint8)
+                    pred = empty
+                elif pred.shape != gt.shape:
+                    raise DataError(
+                        f"{predictions.name(video, e.exp_id, frame)}: prediction is {_size(pred.shape)}, "
+                        f"expected {_size(gt.shape)} (width x height) as the ground truth of video "
+                        f"{video!r} frame {frame!r}"
+                    )
+                j, f = frame_jf(gt, pred, self.bound_th)
+                part.js[k].append(j)
+                part.fs[k].append(f)
+        return part
+
+    def _gt(self, label_map: np.ndarray | None, video: str, frame: str, obj_ids: tuple[int, ...]) -> np.ndarray:
+        if label_map is None:
+            return self.reader.object_mask(video, frame, obj_ids)
+        if len(obj_ids) == 1:
+            return (label_map == obj_ids[0]).view(np.uint8)
+        return np.isin(label_map, obj_ids).view(np.uint8)
+
+    def score(self, predictions: PredictionSource, videos: Sequence[str] | None = None, workers: int = 1) -> ScoreReport:
+        """Score ``videos`` (default: all of the reader's) in this process, on ``workers`` threads
+        (OpenCV and numpy release the GIL in the heavy parts)."""
+        videos = list(self.reader.video_ids() if videos is None else videos)
+        units = _units(self, videos, workers)
+        if workers <= 1 or len(units) <= 1:
+            parts = [self.score_frames(v, fr, predictions) for v, fr in units]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                parts = _gather([pool.submit(self.score_frames, v, fr, predictions) for v, fr in units])
+        return _report(self.protocol, videos, parts)
+
+
+@dataclass
+class _Part:
+    """Per-frame J and F of one video's expressions on some of its frames."""
+
+    video: str
+    exps: list[tuple[str, tuple[int, ...]]]
+    n_frames: int
+    js: list[list[float]] = field(default_factory=list)
+    fs: list[list[float]] = field(default_factory=list)
+    missing_per_exp: list[int] = field(default_factory=list)
+    missing_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.exps)
+        self.js = self.js or [[] for _ in range(n)]
+        self.fs = self.fs or [[] for _ in range(n)]
+        self.missing_per_exp = self.missing_per_exp or [0] * n
+
+
+def _merge(video: str, parts: list[_Part]) -> VideoScore:
+    """One video's expression scores from its parts (in frame order, so the means are the same
+    numbers a single pass gives)."""
+    exps = parts[0].exps
+    rows = []
+    for k, (exp_id, obj_ids) in enumerate(exps):
+        js = [j for p in parts for j in p.js[k]]
+        fs = [f for p in parts for f in p.fs[k]]
+        rows.append(ExpressionScore(
+            video=video,
+            exp_id=exp_id,
+            obj_ids=obj_ids,
+            J=float(np.mean(js)) if js else math.nan,
+            F=float(np.mean(fs)) if fs else math.nan,
+            n_frames=len(js),
+            n_missing=sum(p.missing_per_exp[k] for p in parts),
+        ))
+    return VideoScore(
+        video,
+        rows,
+        n_annotated=sum(p.n_frames for p in parts),
+        n_missing=sum(sum(p.missing_per_exp) for p in parts),
+        missing=[n for p in parts for n in p.missing_names][:MAX_MISSING_LISTED],
+    )
+
+
+def _units(scorer: Scorer, videos: Sequence[str], workers: int) -> list[tuple[str, list[str]]]:
+    """(video, frames) units of work: whole videos, cut into runs of frames when there are too
+    few videos to keep every worker busy to the end (a long video would otherwise finish last)."""
+    frames = {v: scorer.frames(v) for v in videos}
+    total = sum(len(f) for f in frames.values())
+    chunk = max(MIN_CHUNK_FRAMES, math.ceil(total / (8 * max(1, workers))))
+    units = []
+    for v in videos:
+        fr = frames[v]
+        if not fr:
+            units.append((v, []))
+        units += [(v, fr[i:i + chunk]) for i in range(0, len(fr), chunk)]
+    return units
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def score_split(
+    data_root: str,
+    split: str,
+    predictions: str,
+    protocol: str = "rvos",
+    strict: bool = False,
+    workers: int | None = None,
+    dataset: str = "refytvos",
+    videos: Sequence[str] | None = None,
+    bound_th: float = BOUND_TH,
+) -> ScoreReport:
+    """Score a submission folder or zip against a split, across ``workers`` processes."""
+    reader = make_reader(dataset, data_root, split)
+    source = open_predictions(predictions)
+    scorer = Scorer(reader, protocol=protocol, strict=strict, bound_th=bound_th)
+    videos = list(reader.video_ids() if videos is None else videos)
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if not any(reader.annotated_frames(v) for v in videos):
+        raise DataError(
+            f"split {split!r} of {data_root} has no ground-truth annotations "
+            f"(<split>/Annotations/<video>/<frame>.png); it cannot be scored"
+        )
+    units = _units(scorer, videos, workers)
+    workers = min(workers, len(units))
+    if workers <= 1:
+        return _report(protocol, videos, [scorer.score_frames(v, fr, source) for v, fr in units])
+    # forkserver: workers fork from a clean server that preloaded this module, not from a parent
+    # that may hold threads (pyarrow, OpenCV); the scorer and source are pickled once per worker.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(scorer, source)) as pool:
+        parts = _gather([pool.submit(_score_in_worker, v, fr) for v, fr in units])
+    return _report(protocol, videos, parts)
+
+
+_WORKER: tuple[Scorer, PredictionSource] | None = None
+
+
+def _init_worker(scorer: Scorer, source: PredictionSource) -> None:
+    global _WORKER
+    cv2.setNumThreads(1)  # parallelism is across videos; one thread each avoids oversubscription
+    _WORKER = (scorer, source)
+
+
+def _score_in_worker(video: str, frames: list[str]) -> _Part:
+    assert _WORKER is not None, "worker not initialised"
+    scorer, source = _WORKER
+    return scorer.score_frames(video, frames, source)
+
+
+def _gather(futures: list) -> list:
+    """Results in submission order; the first error cancels what has not started and is raised."""
+    try:
+        return [f.result() for f in futures]
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+
+
+def _report(protocol: str, videos: Sequence[str], parts: list[_Part]) -> ScoreReport:
+    by_video: dict[str, list[_Part]] = {}
+    for p in parts:
+        by_video.setdefault(p.video, []).append(p)
+    results = [_merge(v, by_video[v]) for v in videos]
+    missing: list[str] = []
+    for r in results:
+        missing.extend(r.missing[: MAX_MISSING_LISTED - len(missing)])
+    return ScoreReport(
+        protocol=protocol,
+        expressions=[e for r in results for e in r.expressions],
+        n_videos=len(results),
+        n_annotated_frames=sum(r.n_annotated for r in results),
+        n_missing=sum(r.n_missing for r in results),
+        missing=missing,
+    )
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]}" if len(shape) >= 2 else str(shape)
+
+
+def write_metrics(table: pa.Table, path: str) -> None:
+    """Write the metrics table to ``.csv`` or ``.parquet`` (by extension), atomically."""
+    from rvos_ray.data import io as dio
+
+    lower = str(path).lower()
+    sink = pa.BufferOutputStream()
+    if lower.endswith(".csv"):
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, sink)
+    elif lower.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, sink)
+    else:
+        raise DataError(f"output {path}: expected a .csv or .parquet file name")
+    dio.write_bytes(str(path), sink.getvalue().to_pybytes())
