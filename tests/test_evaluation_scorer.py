@@ -363,3 +363,80 @@ def test_score_does_not_import_torch_or_ray(root, tmp_path):
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "HEAVY [] 0" in res.stdout, res.stdout + res.stderr
+
+
+def test_synthetic_benchmark_through_the_submission_writer(tmp_path, capsys):
+    """make-shapes -> ground truth through data.submission (folder and zip) -> exactly 1.0."""
+    from rvos_ray.data.submission import write_submission as write_sub, zip_submission
+    from rvos_ray.data.synthetic import make_shapes
+
+    data = str(tmp_path / "shapes")
+    make_shapes(data, videos=2, seed=5, height=64, width=96, min_frames=8, max_frames=10)
+    reader = RefYTVOS(data, "valid")
+    items = [(v, e.exp_id, f, reader.object_mask(v, f, e.obj_ids))
+             for v in reader.video_ids() for e in reader.expressions(v) for f in reader.annotated_frames(v)]
+    sub = str(tmp_path / "sub")
+    write_sub(sub, items)
+    z = str(tmp_path / "sub.zip")
+    zip_submission(sub, z)
+    for p in (sub, z):
+        rc, stdout, _ = run_cli(["--data-root", data, "--predictions", p, "--out", str(tmp_path / "m.csv"),
+                                 "--json"], capsys)
+        assert rc == 0
+        s = json.loads(stdout.strip().splitlines()[-1])
+        assert (s["J"], s["F"], s["J&F"]) == (1.0, 1.0, 1.0)
+        assert s["n_frames"] == len(items) and s["n_missing"] == 0 and s["n_videos"] == 2
+
+
+def test_mevis_union_of_objects(tmp_path):
+    """MeViS: an expression refers to several objects; its ground truth is their union."""
+    from pycocotools import mask as coco_mask
+
+    root = tmp_path / "mevis"
+    frames = ["00000", "00001", "00002"]
+    objs = {a: [_objects("v1", t)[a] for t in range(3)] for a in (1, 2, 3)}
+
+    def rle(m):
+        if not m.any():
+            return None
+        r = coco_mask.encode(np.asfortranarray(m.astype(np.uint8)))
+        return {"size": [H, W], "counts": r["counts"].decode("ascii")}
+
+    (root / "valid_u").mkdir(parents=True)
+    (root / "valid_u" / "mask_dict.json").write_text(json.dumps({str(a): [rle(m) for m in ms] for a, ms in objs.items()}))
+    exps = {"0": {"exp": "the two", "obj_id": [0, 1], "anno_id": [1, 2]}, "1": {"exp": "three", "obj_id": [2], "anno_id": [3]}}
+    (root / "valid_u" / "meta_expressions.json").write_text(
+        json.dumps({"videos": {"m0": {"expressions": exps, "frames": frames}}}))
+    union = [objs[1][t] | objs[2][t] for t in range(3)]
+    preds = {("m0", "0", frames[t]): np.roll(union[t], (0, 2 * t), axis=(0, 1)).astype(np.uint8) for t in range(3)}
+    preds.update({("m0", "1", f): objs[3][t].astype(np.uint8) for t, f in enumerate(frames)})
+    sub = write_submission(tmp_path / "sub", preds)
+    report = score_split(str(root), "valid_u", sub, dataset="mevis", workers=1)
+    rows = {r.exp_id: r for r in report.expressions}
+    want = [ref_jf(union[t], preds[("m0", "0", frames[t])]) for t in range(3)]
+    assert rows["0"].J == pytest.approx(np.mean([w[0] for w in want]), abs=1e-6)
+    assert rows["0"].F == pytest.approx(np.mean([w[1] for w in want]), abs=1e-6)
+    assert rows["0"].J < 1 and (rows["1"].J, rows["1"].F) == (1.0, 1.0)
+
+
+def test_split_without_annotations_is_an_error(tmp_path, capsys):
+    r = tmp_path / "d"
+    (r / "valid").mkdir(parents=True)
+    meta = r / "meta_expressions" / "valid" / "meta_expressions.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"videos": {"a": {"expressions": {"0": {"exp": "x"}}, "frames": ["00000"]}}}))
+    sub = tmp_path / "sub" / "Annotations"
+    sub.mkdir(parents=True)
+    rc, _, err = run_cli(["--data-root", str(r), "--predictions", str(sub.parent), "--out", str(tmp_path / "m.csv")], capsys)
+    assert rc == 2 and "no ground-truth annotations" in err
+
+
+def test_expression_without_obj_id_is_an_error(root, tmp_path, capsys):
+    meta = os.path.join(root, "meta_expressions", "valid", "meta_expressions.json")
+    m = json.load(open(meta))
+    del m["videos"]["v1"]["expressions"]["2"]["obj_id"]
+    json.dump(m, open(meta, "w"))
+    sub = write_submission(tmp_path / "sub", gt_masks())
+    rc, _, err = run_cli(["--data-root", root, "--predictions", sub, "--out", str(tmp_path / "m.csv"),
+                          "--workers", "1"], capsys)
+    assert rc == 2 and meta in err and "'2'" in err and "no obj_id" in err

@@ -17,7 +17,8 @@ import sys
 import time
 
 from rvos_ray.data.errors import DataError
-from rvos_ray.evaluation.scorer import PROTOCOLS, READERS, default_workers, score_split, write_metrics
+from rvos_ray.data.datasets import DATASETS
+from rvos_ray.evaluation.scorer import PROTOCOLS, default_workers, score_split, write_metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="a missing prediction frame is an error")
     p.add_argument("--workers", type=int, default=None,
                    help=f"processes across videos (default: all cores, here {default_workers()})")
-    p.add_argument("--dataset", choices=sorted(READERS), default="refytvos", help="dataset reader")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="refytvos", help="dataset reader")
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     return p
 

@@ -24,7 +24,6 @@ Nothing here imports torch or ray, so ``rvos-ray score`` starts fast.
 
 from __future__ import annotations
 
-import importlib
 import math
 import multiprocessing as mp
 import os
@@ -36,6 +35,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from rvos_ray.data.datasets import open_dataset
 from rvos_ray.data.errors import DataError
 from rvos_ray.evaluation.metrics import BOUND_TH, frame_jf
 from rvos_ray.evaluation.predictions import LAYOUT, PredictionSource, open_predictions
@@ -43,26 +43,11 @@ from rvos_ray.types import METRICS_SCHEMA, table_from_columns
 
 PROTOCOLS = ("rvos", "davis")
 
-READERS: dict[str, str] = {
-    "refytvos": "rvos_ray.data.refytvos:RefYTVOS",
-    "davis": "rvos_ray.data.refytvos:RefDAVIS17",
-    "mevis": "rvos_ray.data.mevis:MeViS",
-}
-"""Dataset name -> reader class ("module:Class", imported when used)."""
-
 # Readers whose label_map holds every object (palette PNG): read it once per frame and derive
 # all expressions' masks from it, instead of decoding the same PNG once per expression.
 _LABEL_MAP_DATASETS = ("refytvos", "davis")
 MAX_MISSING_LISTED = 20
 MIN_CHUNK_FRAMES = 5  # frames per unit of work at least: a unit re-reads the video's meta
-
-
-def make_reader(dataset: str, root: str, split: str):
-    """The dataset reader for ``dataset`` (a key of :data:`READERS`)."""
-    if dataset not in READERS:
-        raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(READERS)}")
-    module, cls = READERS[dataset].split(":")
-    return getattr(importlib.import_module(module), cls)(root, split)
 
 
 def eval_frames(protocol: str, annotated: Sequence[str]) -> list[str]:
@@ -339,7 +324,7 @@ def score_split(
     bound_th: float = BOUND_TH,
 ) -> ScoreReport:
     """Score a submission folder or zip against a split, across ``workers`` processes."""
-    reader = make_reader(dataset, data_root, split)
+    reader = open_dataset(data_root, split, dataset)
     source = open_predictions(predictions)
     scorer = Scorer(reader, protocol=protocol, strict=strict, bound_th=bound_th)
     videos = list(reader.video_ids() if videos is None else videos)
