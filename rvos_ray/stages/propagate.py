@@ -1,0 +1,188 @@
+"""Propagation stage: keyframe candidates -> tracklets (one per candidate, a mask on every frame).
+
+Pure stage logic, no Ray and no model imports. A propagation backend (see
+:class:`rvos_ray.stages.protocols.Propagator`) turns one chunk of a keyframe's candidates into
+a tracklet table; this module
+
+* numbers tracklets (:func:`assign_tracklet_ids`): unique per video, in keyframe order then
+  candidate order, so a re-run gives the same ids;
+* splits a keyframe's candidates into chunks of ``propagation.candidates_per_call``
+  (:func:`chunk_candidates`), the unit the runtime fans out across workers;
+* fixes the frame order every backend follows (:func:`frame_order`: forward from the keyframe to
+  the last frame, then backward to the first, both starting from the keyframe);
+* turns per-frame probability maps into masks and the propagation probability
+  (:func:`masks_and_probabilities`), and collects per-frame results into the
+  ``TRACKLET_SCHEMA`` table as they are produced (:class:`TrackletBuilder`), checking that every
+  frame got exactly one mask per candidate.
+
+**Propagation probability** (the ``prob`` column): on a propagated frame, the mean foreground
+probability over the pixels of the predicted mask (probability > threshold), and 0.0 when the
+predicted mask is empty; on the keyframe itself, where the mask is the candidate, 1.0 (0.0 if
+the candidate mask is empty).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rvos_ray import masks as rle
+from rvos_ray.types import TRACKLET_SCHEMA, Candidates, SchemaError, Video, table_from_columns, validate
+
+
+def frame_order(num_frames: int, keyframe: int) -> tuple[list[int], list[int]]:
+    """(forward, backward) frame indices: keyframe+1 .. T-1, then keyframe-1 .. 0."""
+    if not 0 <= keyframe < num_frames:
+        raise ValueError(f"keyframe {keyframe} outside a video of {num_frames} frames")
+    return list(range(keyframe + 1, num_frames)), list(range(keyframe - 1, -1, -1))
+
+
+def assign_tracklet_ids(candidates: Sequence[Candidates], first_id: int = 0) -> list[list[int]]:
+    """Tracklet ids for every candidate of every keyframe: consecutive from ``first_id``."""
+    ids, nxt = [], first_id
+    for c in candidates:
+        ids.append(list(range(nxt, nxt + len(c))))
+        nxt += len(c)
+    return ids
+
+
+def subset(candidates: Candidates, indices: Sequence[int]) -> Candidates:
+    """The candidates at ``indices`` (same keyframe)."""
+    return Candidates(
+        video_id=candidates.video_id,
+        frame=candidates.frame,
+        height=candidates.height,
+        width=candidates.width,
+        rles=tuple(candidates.rles[i] for i in indices),
+        scores=tuple(candidates.scores[i] for i in indices),
+        labels=tuple(candidates.labels[i] for i in indices),
+        sources=tuple(candidates.sources[i] for i in indices),
+    )
+
+
+def chunk_candidates(
+    candidates: Candidates, tracklet_ids: Sequence[int], size: int
+) -> list[tuple[Candidates, list[int]]]:
+    """Split one keyframe's candidates into propagation calls of at most ``size`` candidates."""
+    if size < 1:
+        raise ValueError(f"propagation.candidates_per_call must be >= 1, got {size}")
+    if len(tracklet_ids) != len(candidates):
+        raise ValueError(f"{len(candidates)} candidates but {len(tracklet_ids)} tracklet ids")
+    out = []
+    for start in range(0, len(candidates), size):
+        idx = list(range(start, min(start + size, len(candidates))))
+        out.append((subset(candidates, idx), [int(tracklet_ids[i]) for i in idx]))
+    return out
+
+
+def masks_and_probabilities(prob: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, list[float]]:
+    """(K, H, W) foreground probabilities -> uint8 masks (prob > threshold) and, per mask, the
+    propagation probability: mean probability inside the mask, 0.0 for an empty mask."""
+    fg = prob > threshold
+    count = fg.sum((1, 2))
+    total = np.where(fg, prob, 0.0).sum((1, 2), dtype=np.float64)
+    scores = np.divide(total, count, out=np.zeros(len(count), dtype=np.float64), where=count > 0)
+    return fg.astype(np.uint8), [float(s) for s in scores]
+
+
+class TrackletBuilder:
+    """Collects one keyframe chunk's per-frame results (RLE + prob) into a tracklet table.
+
+    ``record(frame, rles, probs)`` is called once per frame with one entry per candidate, in
+    any frame order; :meth:`table` checks every frame of the video was recorded exactly once.
+    Only RLE bytes are kept, so memory grows with the compressed masks, not with pixels.
+    """
+
+    def __init__(self, video: Video, candidates: Candidates, tracklet_ids: Sequence[int]) -> None:
+        if len(tracklet_ids) != len(candidates):
+            raise ValueError(f"{len(candidates)} candidates but {len(tracklet_ids)} tracklet ids")
+        if len(set(tracklet_ids)) != len(tracklet_ids):
+            raise ValueError(f"tracklet ids are not unique: {list(tracklet_ids)}")
+        if candidates.video_id != video.video_id:
+            raise ValueError(f"candidates of {candidates.video_id!r} given with video {video.video_id!r}")
+        frame_order(video.num_frames, candidates.frame)  # validates the keyframe
+        self.video = video
+        self.candidates = candidates
+        self.ids = [int(i) for i in tracklet_ids]
+        self._rles: list[list[bytes] | None] = [None] * video.num_frames
+        self._probs: list[list[float] | None] = [None] * video.num_frames
+
+    def record(self, frame: int, rles: Sequence[bytes], probs: Sequence[float]) -> None:
+        k = len(self.candidates)
+        if len(rles) != k or len(probs) != k:
+            raise ValueError(f"frame {frame}: {len(rles)} masks / {len(probs)} probs for {k} candidates")
+        if self._rles[frame] is not None:
+            raise ValueError(f"frame {frame} recorded twice")
+        self._rles[frame] = list(rles)
+        self._probs[frame] = [float(p) for p in probs]
+
+    def table(self) -> pa.Table:
+        missing = [t for t, r in enumerate(self._rles) if r is None]
+        if missing:
+            raise SchemaError(f"{self.video.video_id}: no masks for frames {missing[:10]}")
+        c, t_count, k = self.candidates, self.video.num_frames, len(self.candidates)
+        cols = {
+            "video_id": [c.video_id] * (k * t_count),
+            "tracklet_id": np.repeat(np.asarray(self.ids, dtype=np.int32), t_count),
+            "keyframe": np.full(k * t_count, c.frame, dtype=np.int32),
+            "source": [s for s in c.sources for _ in range(t_count)],
+            "det_score": np.repeat(np.asarray(c.scores, dtype=np.float32), t_count),
+            "frame": np.tile(np.arange(t_count, dtype=np.int32), k),
+            "height": np.full(k * t_count, c.height, dtype=np.int32),
+            "width": np.full(k * t_count, c.width, dtype=np.int32),
+            "rle": [self._rles[t][i] for i in range(k) for t in range(t_count)],
+            "prob": np.asarray([self._probs[t][i] for i in range(k) for t in range(t_count)], dtype=np.float32),
+        }
+        return table_from_columns(cols, TRACKLET_SCHEMA, f"tracklets of {c.video_id}")
+
+
+def empty_tracklets() -> pa.Table:
+    return TRACKLET_SCHEMA.empty_table()
+
+
+def concat_tracklets(tables: Sequence[pa.Table]) -> pa.Table:
+    """Concatenate tracklet tables (validated; dictionary columns unified)."""
+    tables = [validate(t, TRACKLET_SCHEMA, "tracklet table") for t in tables]
+    if not tables:
+        return empty_tracklets()
+    return pa.concat_tables(tables).unify_dictionaries().combine_chunks()
+
+
+def build_propagator(section: Mapping[str, Any]):
+    """The propagation backend of the config's ``propagation`` section: ``backend`` names it in
+    :data:`rvos_ray.registry.PROPAGATORS`, ``options`` are its typed ``Options``."""
+    from rvos_ray.registry import PROPAGATORS
+
+    name = section.get("backend", "cfbi")
+    return PROPAGATORS.build(name, section.get("options") or {}, f"propagation.options ({name})")
+
+
+def propagate_video(
+    propagator, video: Video, candidates: Sequence[Candidates], candidates_per_call: int, first_id: int = 0
+) -> pa.Table:
+    """In-process propagation of every keyframe's candidates (the runtime fans the same chunks
+    out across workers instead). Returns one tracklet table for the video."""
+    tables = []
+    for cands, ids in zip(candidates, assign_tracklet_ids(candidates, first_id)):
+        if cands.video_id != video.video_id:
+            raise ValueError(f"candidates of {cands.video_id!r} given with video {video.video_id!r}")
+        for chunk, chunk_ids in chunk_candidates(cands, ids, candidates_per_call):
+            tables.append(propagator.propagate(video, chunk, chunk_ids))
+    return concat_tracklets(tables)
+
+
+def keyframe_rows(candidates: Candidates) -> tuple[list[bytes], list[float]]:
+    """The keyframe's own entries: the candidate masks, propagation probability 1.0 (0.0 for
+    an empty candidate mask, as on any frame)."""
+    area = rle.areas(list(candidates.rles), candidates.height, candidates.width)
+    return list(candidates.rles), [1.0 if a > 0 else 0.0 for a in area]
+
+
+def decode_candidates(candidates: Candidates) -> np.ndarray:
+    """(K, H, W) uint8 masks of the candidates at the frame's size."""
+    if len(candidates) == 0:
+        return np.zeros((0, candidates.height, candidates.width), dtype=np.uint8)
+    return np.stack([rle.decode(r, candidates.height, candidates.width) for r in candidates.rles])
