@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-shapes": ("rvos_ray.data.synthetic", "write the synthetic benchmark (Ref-YouTube-VOS layout)"),
     "score": ("rvos_ray.evaluation.score_cli", "score a submission folder or zip: J, F, J&F per expression"),
+    "report": ("rvos_ray.telemetry.report_cli", "write a run's self-contained HTML report (throughput, latency, scores)"),
 }
 
 
