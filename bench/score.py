@@ -37,8 +37,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from rvos_ray.data.refytvos import RefYTVOS
-from rvos_ray.data.synthetic import make_shapes
+# Runs from a checkout even before `make install` has put the package in the venv.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from rvos_ray.data.refytvos import RefYTVOS  # noqa: E402
+from rvos_ray.data.synthetic import make_shapes  # noqa: E402
 
 HEIGHT, WIDTH = 480, 854
 
@@ -203,7 +207,8 @@ def main() -> int:
     times = []
     for _ in range(max(1, a.repeat)):
         t = time.perf_counter()
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         times.append(time.perf_counter() - t)
         if res.returncode != 0:
             print(res.stdout + res.stderr, file=sys.stderr)
