@@ -54,9 +54,10 @@ VIDEO_TABLES: dict[str, pa.Schema] = {
     "metrics": METRICS_SCHEMA,
 }
 
-#: config sections that do not change results: a resumed run may differ in these
-_RESUME_FREE_SECTIONS = ("run", "ray")
-_RESUME_FREE_KEYS = (("data", "videos"), ("evaluation", "workers"))
+#: config sections and keys that do not change results: a resumed run may differ in these
+_RESUME_FREE_SECTIONS = ("ray",)
+_RESUME_FREE_KEYS = (("run", "dir"), ("run", "resume"), ("run", "submission_zip"), ("data", "videos"),
+                     ("evaluation", "workers"))
 
 
 def table_bytes(table: pa.Table) -> bytes:
@@ -237,7 +238,8 @@ class RunDir:
 
 def config_differences(old: DictConfig, new: DictConfig) -> list[str]:
     """Dotted keys whose values differ between two configs, ignoring the sections and keys
-    that do not change results (run/ray settings, the video selection, scorer workers)."""
+    that do not change results (Ray settings, where the run lives, the video selection, scorer
+    workers)."""
     a = OmegaConf.to_container(old, resolve=True)
     b = OmegaConf.to_container(new, resolve=True)
     for d in (a, b):
