@@ -133,3 +133,21 @@ def test_stage_key_and_call_events():
         {"stage": "driver", "item": "run_start", "time": 0.0},
     ]
     assert [m.stage_key(e) for e in m.stage_call_events(events)] == ["grounding[bert]", "segmentation[htc]", "nms"]
+
+
+def test_failed_video_abandons_its_calls_of_later_stages_only():
+    order = ("segmentation", "pooling", "propagation", "nms")
+    t = m.Telemetry([m.MemorySink()])
+    t.submitted("segmentation", 2, video_id="a", model="htc")
+    t.submitted("pooling", 1, video_id="a")
+    t.submitted("segmentation", 2, video_id="b", model="htc")
+    t.submitted("pooling", 1, video_id="b")
+    t.video_failed("segmentation", video_id="a", order=order)
+    t.video_done("b")
+    t.video_failed("pooling", video_id="b", order=order)  # already done: nothing pending
+    s = _mem(t)
+    assert s.total("abandoned", "pooling") == 1  # video a's pooling call never ran
+    assert s.total("abandoned", "segmentation") == 0  # segmentation calls of a did run (and failed)
+    assert s.total("videos_failed", "segmentation") == 1 and s.total("videos_failed", "pooling") == 1
+    t.video_failed("unknown", video_id="c", order=order)  # an unknown stage abandons nothing
+    assert s.total("abandoned") == 1

@@ -83,9 +83,11 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
     )),
     ("Queues", (
         PanelSpec("Queue depth", "Stage calls submitted by the driver and not started yet "
-                  "(submitted - started; Ray executor).", "short",
+                  "(submitted - started - abandoned after an earlier stage of their video failed; "
+                  "Ray executor).", "short",
                   (Query(f"sum by (stage) ({pn('submitted')}{STAGE_FILTER}) - "
-                         f"sum by (stage) ({pn('started')}{STAGE_FILTER})", "{{stage}} queued"),)),
+                         f"({_total_or_zero('started', 'submitted')}) - "
+                         f"({_total_or_zero('abandoned', 'submitted')})", "{{stage}} queued"),)),
         PanelSpec("Calls in flight", "Stage calls running now, over all workers.", "short",
                   (Query(f"sum by (stage) ({pn('in_flight')}{STAGE_FILTER})", "{{stage}} running"),)),
     )),

@@ -64,6 +64,8 @@ METRICS: dict[str, MetricSpec] = {
                           "stage calls started again after their worker died (Ray retries)"),
     "videos_failed": MetricSpec("rvos_stage_videos_failed", "counter",
                                 "videos given up in this stage (failure record written)"),
+    "abandoned": MetricSpec("rvos_stage_abandoned", "counter",
+                            "submitted stage calls that never ran: an earlier stage of their video failed"),
     "latency": MetricSpec("rvos_stage_latency_seconds", "histogram", "wall time of one stage call"),
     "in_flight": MetricSpec("rvos_stage_in_flight", "gauge", "stage calls running in a process"),
 }
@@ -168,6 +170,8 @@ class Telemetry:
     def __init__(self, sinks: Sequence[Sink] = ()) -> None:
         self.sinks = list(sinks)
         self._in_flight: dict[Tags, int] = defaultdict(int)
+        # driver: calls submitted per video and tag set, until the video is done or failed
+        self._pending: dict[str, dict[Tags, int]] = defaultdict(lambda: defaultdict(int))
         self._lock = threading.Lock()
 
     @property
@@ -184,15 +188,34 @@ class Telemetry:
 
     # ---- driver --------------------------------------------------------------------------------
 
-    def submitted(self, stage: str, n: int = 1, *, variant: str = "", model: str = "") -> None:
-        """``n`` calls of a stage handed to the scheduler (queue depth = submitted - started)."""
+    def submitted(self, stage: str, n: int = 1, *, video_id: str = "", variant: str = "", model: str = "") -> None:
+        """``n`` calls of a stage of ``video_id`` handed to the scheduler (queue depth =
+        submitted - started - abandoned)."""
         if self.sinks and n:
-            self._count("submitted", float(n), tags_of(stage, variant, model))
+            tags = tags_of(stage, variant, model)
+            self._count("submitted", float(n), tags)
+            if video_id:
+                with self._lock:
+                    self._pending[video_id][tags] += n
 
-    def video_failed(self, stage: str) -> None:
-        """A video given up in ``stage`` (after retries)."""
-        if self.sinks:
-            self._count("videos_failed", 1.0, tags_of(stage))
+    def video_done(self, video_id: str) -> None:
+        """Every call submitted for the video has run (driver)."""
+        with self._lock:
+            self._pending.pop(video_id, None)
+
+    def video_failed(self, stage: str, video_id: str = "", order: Sequence[str] = ()) -> None:
+        """A video given up in ``stage`` (after retries). Its submitted calls of the stages after
+        ``stage`` in ``order`` (the pipeline's stage order) never run: they count as abandoned,
+        so they leave the queue."""
+        if not self.sinks:
+            return
+        self._count("videos_failed", 1.0, tags_of(stage))
+        with self._lock:
+            pending = self._pending.pop(video_id, {})
+        after = set(order[list(order).index(stage) + 1:]) if stage in order else set()
+        for tags, n in sorted(pending.items()):
+            if tags[0] in after:
+                self._count("abandoned", float(n), tags)
 
     # ---- stage calls --------------------------------------------------------------------------
 
