@@ -151,3 +151,4 @@ def test_failed_video_abandons_its_calls_of_later_stages_only():
     assert s.total("videos_failed", "segmentation") == 1 and s.total("videos_failed", "pooling") == 1
     t.video_failed("unknown", video_id="c", order=order)  # an unknown stage abandons nothing
     assert s.total("abandoned") == 1
+

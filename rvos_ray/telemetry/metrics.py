@@ -312,21 +312,27 @@ def make(mode: str | None = None) -> Telemetry:
     raise ValueError(f"{ENV}={mode!r}: expected one of auto, ray, memory, off")
 
 
+_made_for_ray: bool | None = None  # auto mode: whether Ray was connected when made, else None
+
+
 def current() -> Telemetry:
-    """This process's telemetry, made on first use (see :func:`make`)."""
-    global _current
-    if _current is None:
+    """This process's telemetry, made on first use (see :func:`make`). In ``auto`` mode it is
+    made again when the process connects to or disconnects from Ray (tests, notebooks)."""
+    global _current, _made_for_ray
+    connected = _ray_connected() if _made_for_ray is not None or _current is None else None
+    if _current is None or (_made_for_ray is not None and connected != _made_for_ray):
         with _current_lock:
-            if _current is None:
-                _current = make()
+            auto = (os.environ.get(ENV) or "auto").strip().lower() == "auto"
+            _current = make()
+            _made_for_ray = bool(connected) if auto else None
     return _current
 
 
 def install(telemetry: Telemetry | None) -> Telemetry | None:
     """Replace this process's telemetry (None: decide again on next use); returns the old one."""
-    global _current
+    global _current, _made_for_ray
     with _current_lock:
-        old, _current = _current, telemetry
+        old, _current, _made_for_ray = _current, telemetry, None
     return old
 
 
