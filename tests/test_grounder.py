@@ -144,18 +144,22 @@ def test_geometry_features_hand_computed():
         rles.append([rle.encode(m)])
     boxes, present = boxes_from_rles(rles, H, W)
     assert present[:, 0].tolist() == [True, True, True, False]
-    np.testing.assert_allclose(boxes[1, 0], [0.1, 0.4, 0.3, 0.6], atol=1e-6)
+    np.testing.assert_allclose(boxes[1, 0], [0.1, 0.4, 0.3, 0.6, 1.0], atol=1e-6)
     opts = TemporalOptions(enabled=True, offsets=[1], velocity_scale=10.0)
     g = geometry_features(boxes, present, opts)
-    assert g.shape == (4, 1, geometry_dim(opts)) == (4, 1, 15)
-    # frame 1: static part cx, cy, w, h, present
-    np.testing.assert_allclose(g[1, 0, :5], [0.2, 0.5, 0.2, 0.2, 1.0], atol=1e-6)
+    assert g.shape == (4, 1, geometry_dim(opts)) == (4, 1, 16)
+    # frame 1: static part cx, cy, w, h, fill (a full rectangle), present
+    np.testing.assert_allclose(g[1, 0, :6], [0.2, 0.5, 0.2, 0.2, 1.0, 1.0], atol=1e-6)
     # to t-1: dcx = -0.1 * 10 = -1; to t+1: +1; both valid
-    np.testing.assert_allclose(g[1, 0, 5:10], [-1.0, 0, 0, 0, 1.0], atol=1e-5)
-    np.testing.assert_allclose(g[1, 0, 10:15], [1.0, 0, 0, 0, 1.0], atol=1e-5)
+    np.testing.assert_allclose(g[1, 0, 6:11], [-1.0, 0, 0, 0, 1.0], atol=1e-5)
+    np.testing.assert_allclose(g[1, 0, 11:16], [1.0, 0, 0, 0, 1.0], atol=1e-5)
     # frame 2 -> frame 3 is absent: change 0, valid 0; frame 0 has no t-1
-    np.testing.assert_allclose(g[2, 0, 10:15], 0.0)
-    np.testing.assert_allclose(g[0, 0, 5:10], 0.0)
+    np.testing.assert_allclose(g[2, 0, 11:16], 0.0)
+    np.testing.assert_allclose(g[0, 0, 6:11], 0.0)
+    # a triangle-ish mask fills about half its box
+    tri = np.tril(np.ones((40, 40), np.uint8))
+    b2, _ = boxes_from_rles([[rle.encode(np.pad(tri, ((0, 60), (0, 60))))]], H, W)
+    assert b2[0, 0, 4] == pytest.approx(820 / 1600)
     assert np.isfinite(g).all() and np.all(g[3, 0] == 0)
 
 

@@ -15,8 +15,8 @@ Per frame t and expression Q:
 
 Temporal option (``head.temporal.enabled``, off in the paper config): a per-frame grounder
 cannot tell "the dog running left" from a dog standing still, so each tracklet token can get an
-embedding of its mask geometry: box centre and size on frame t, and the change of centre and
-size to the frames t-k and t+k for each offset k. The geometry is computed from the tracklet's
+embedding of its mask geometry: box centre, size and fill on frame t, and the change of centre
+and size to the frames t-k and t+k for each offset k. The geometry is computed from the tracklet's
 RLE masks over the whole video, so it is available for every grounded frame.
 """
 
@@ -72,8 +72,8 @@ class HeadOptions:
 
 
 def geometry_dim(t: TemporalOptions) -> int:
-    # static: cx, cy, w, h, present; per offset and direction: dcx, dcy, dw, dh, valid
-    return 5 + 10 * len(t.offsets)
+    # static: cx, cy, w, h, fill, present; per offset and direction: dcx, dcy, dw, dh, valid
+    return 6 + 10 * len(t.offsets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,11 +105,12 @@ def pool_with_weights(fmap: torch.Tensor, weights: torch.Tensor) -> tuple[torch.
 
 
 def boxes_from_rles(rles: Sequence[Sequence[bytes | None]], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """``rles[t][p]`` (None = no mask) -> boxes (T, P, 4) as x0, y0, x1, y1 in [0, 1] and
-    present (T, P); computed on the run-length encoding, without decoding."""
+    """``rles[t][p]`` (None = no mask) -> boxes (T, P, 5) as x0, y0, x1, y1 in [0, 1] plus the
+    fill (mask area / box area, which tells a circle from a cross), and present (T, P);
+    computed on the run-length encoding, without decoding."""
     T = len(rles)
     P = len(rles[0]) if T else 0
-    boxes = np.zeros((T, P, 4), dtype=np.float32)
+    boxes = np.zeros((T, P, 5), dtype=np.float32)
     present = np.zeros((T, P), dtype=bool)
     flat = [(t, p, c) for t in range(T) for p, c in enumerate(rles[t]) if c is not None]
     if flat:
@@ -119,12 +120,13 @@ def boxes_from_rles(rles: Sequence[Sequence[bytes | None]], height: int, width: 
         for (t, p, _), b, a in zip(flat, xywh, area):
             if a > 0:
                 present[t, p] = True
-                boxes[t, p] = (b[0] / width, b[1] / height, (b[0] + b[2]) / width, (b[1] + b[3]) / height)
+                boxes[t, p] = (b[0] / width, b[1] / height, (b[0] + b[2]) / width, (b[1] + b[3]) / height,
+                               a / max(b[2] * b[3], 1.0))
     return boxes, present
 
 
 def geometry_features(boxes: np.ndarray, present: np.ndarray, opts: TemporalOptions) -> np.ndarray:
-    """(T, P, 4) boxes + (T, P) present -> (T, P, G) geometry/motion features (see module doc).
+    """(T, P, 5) boxes + (T, P) present -> (T, P, G) geometry/motion features (see module doc).
 
     Changes to frames outside the video, or where either mask is empty, are 0 with valid 0.
     """
@@ -134,7 +136,7 @@ def geometry_features(boxes: np.ndarray, present: np.ndarray, opts: TemporalOpti
     w = boxes[..., 2] - boxes[..., 0]
     h = boxes[..., 3] - boxes[..., 1]
     g = np.stack([cx, cy, w, h], axis=-1) * present[..., None]  # (T, P, 4)
-    parts = [g, present[..., None].astype(np.float32)]
+    parts = [g, (boxes[..., 4] * present)[..., None], present[..., None].astype(np.float32)]
     idx = np.arange(T)
     for k in opts.offsets:
         for d in (-k, k):
