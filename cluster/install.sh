@@ -38,7 +38,10 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating venv at $venv with $python"
   "$python" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+pip_() {  # pip, minus the noise of this machine's unused extra index locations
+  "$venv/bin/python" -m pip --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+pip=(pip_)
 "${pip[@]}" install -q --upgrade pip 'setuptools<81' wheel ninja
 
 # torch first: mmcv compiles against it and every later resolve must keep this pair.
