@@ -1,5 +1,5 @@
 # The two README commands are `make demo` and `make test`; both install what they need first.
-.PHONY: install demo test test-fast bench clean-venv
+.PHONY: install install-system demo test test-fast bench clean-venv
 
 PY := .venv/bin/python
 PYTEST_ARGS ?=
@@ -10,12 +10,15 @@ export TRANSFORMERS_OFFLINE := 1
 install:
 	@bash cluster/install.sh
 
+install-system:
+	@bash cluster/install_system.sh
+
 # The main job on its embedded default: local Ray, bundled synthetic data.
 demo: install
 	@.venv/bin/rvos-ray demo
 
 # The whole suite (exits non-zero on failures and on "no tests collected").
-test: install
+test: install install-system
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 # Unit tests only (no slow, no ray).
