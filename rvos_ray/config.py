@@ -96,6 +96,9 @@ class GroundingConfig:
     # each entry: {name: ..., <grounder options: visual/text encoders, checkpoint, ...>}
     variants: list[Any] = field(default_factory=list)
     frame_stride: int = 1  # ground every n-th frame; s_p averages over those
+    # transformer: the grounder head (Eq. 6) | similarity: cosine of pooled visual and mean word
+    # features (the paper's naive ablation baseline, rvos_ray/stages/naive_ground.py)
+    method: str = "transformer"
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
 

@@ -92,6 +92,7 @@ SEGMENTERS.register("mask2former", "rvos_ray.backends.segment_mask2former:Mask2F
 # --- propagation backends (issue: tracklets) ------------------------------------------------
 PROPAGATORS.register("cfbi", "rvos_ray.backends.propagate_cfbi:CFBIPropagator")
 PROPAGATORS.register("sam2", "rvos_ray.backends.propagate_sam2:Sam2Propagator")
+PROPAGATORS.register("none", "rvos_ray.backends.propagate_none:KeyframeOnlyPropagator")  # ablation baseline
 
 # --- encoders (issue: grounding) -------------------------------------------------------------
 VISUAL_ENCODERS.register("timm", "rvos_ray.models.encoders:TimmVisualEncoder")
