@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-shapes": ("rvos_ray.data.synthetic", "write the synthetic benchmark (Ref-YouTube-VOS layout)"),
     "score": ("rvos_ray.evaluation.score_cli", "score a submission folder or zip: J, F, J&F per expression"),
+    "train-grounder": ("rvos_ray.training.train_grounder", "train a grounder variant with Ray Train (RefCOCO pretrain, Ref-YouTube-VOS finetune)"),
     "train-propagator": ("rvos_ray.training.train_propagator", "train the CFBI+ propagator (clips, hard-pixel CE, checkpoints, resume)"),
     "sweep": ("rvos_ray.sweep.sweep_cli", "Ray Tune sweep of ensemble / tracklet-NMS settings over a run's cache"),
     "ablate": ("rvos_ray.sweep.ablate_cli", "run the paper's ablation rows (Table 3) and write the table"),

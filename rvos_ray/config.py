@@ -107,6 +107,8 @@ class EnsembleConfig:
     weights: dict[str, float] = field(default_factory=dict)  # per variant; empty = equal
     mode: str = "mean"  # mean | logmean
     temperature: float = 1.0
+    frame_stride: int = 1  # s_p averages every n-th grounded frame
+    variants: Any = None  # None (all grounded variants) or a list of variant names
 
 
 @dataclass
@@ -114,6 +116,48 @@ class EvaluationConfig:
     protocol: str = "rvos"  # rvos | davis
     strict: bool = False  # a missing prediction frame is an error instead of an empty mask
     workers: int = 0  # scorer processes; 0 = all cores
+
+
+@dataclass
+class GrounderDataConfig:
+    kind: str = "refytvos"  # refytvos (Ref-YouTube-VOS layout) | refcoco (REFER layout)
+    root: str = ""  # dataset root: local path or URI
+    split: str = "train"
+    dataset: str = "refcoco"  # refcoco only: folder under root (refcoco | refcoco+ | refcocog)
+    split_by: str = "unc"  # refcoco only: reads refs(<split_by>).p (refcocog: umd | google)
+    image_dir: str = ""  # refcoco only: COCO train2014 images ('': <root>/images/mscoco/images/train2014)
+    tracklets: str = ""  # refytvos only: pipeline tracklets <dir>/<video>.parquet ('': GT objects)
+    match_iou: float = 0.5  # refytvos + tracklets: min tracklet-IoU to the referred object
+    videos: Any = None  # refytvos only: None (all), a count, or a list of video ids
+
+
+@dataclass
+class GrounderPhaseConfig:
+    enabled: bool = True
+    data: list[GrounderDataConfig] = field(default_factory=list)  # training sets (concatenated)
+    val: list[GrounderDataConfig] = field(default_factory=list)  # held-out sets scored each epoch
+    lr: float = 4e-5  # Adam learning rate
+    epochs: int = 20
+
+
+@dataclass
+class TrainGrounderConfig:
+    variant: str = ""  # grounding.variants entry to train ('': the first)
+    out_dir: str = "runs/grounder"  # <out_dir>/<variant>/: weights, metrics, Ray Train checkpoints
+    num_workers: int = 1  # Ray Train workers (DDP)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    batch_size: int = 48  # clips per optimizer step, over all workers
+    frames_per_clip: int = 1  # frames sampled per clip and step (one loss term each)
+    weight_decay: float = 1e-4
+    max_candidates: int = 10  # P: candidates kept per image / video
+    max_steps_per_epoch: int = 0  # 0: a full pass over the clips
+    checkpoints_to_keep: int = 2
+    seed: int = 0
+    pretrain: GrounderPhaseConfig = field(
+        default_factory=lambda: GrounderPhaseConfig(enabled=False, lr=4e-5, epochs=20))
+    finetune: GrounderPhaseConfig = field(
+        default_factory=lambda: GrounderPhaseConfig(enabled=True, lr=1e-5, epochs=5))
 
 
 @dataclass
@@ -128,6 +172,7 @@ class RunConfig:
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    train_grounder: TrainGrounderConfig = field(default_factory=TrainGrounderConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:

@@ -99,6 +99,7 @@ class TimmVisualEncoder(nn.Module):
         checkpoint: str = ""  # local backbone weights (.pth/.pt/.safetensors), loaded weights_only
         freeze: bool = True  # keep the backbone fixed (eval mode, no gradients)
         short_side: int = 0  # resize frames so the shorter side has this many px (0: as they are)
+        init_seed: int = 0  # random init (no pretrained, no checkpoint) is seeded: reproducible
 
     def __init__(self, options: Options, dim: int | None = None) -> None:
         super().__init__()
@@ -114,7 +115,10 @@ class TimmVisualEncoder(nn.Module):
             pretrained = True
             kwargs["pretrained_cfg_overlay"] = {"file": options.checkpoint}
         try:
-            self.backbone = timm.create_model(options.model, pretrained=pretrained, **kwargs)
+            # A frozen random backbone is part of a trained variant: the same seed rebuilds it.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(options.init_seed)
+                self.backbone = timm.create_model(options.model, pretrained=pretrained, **kwargs)
         except RuntimeError as e:
             if "Unknown model" in str(e):
                 raise ConfigError(f"visual encoder: unknown timm model {options.model!r}") from e
@@ -181,6 +185,7 @@ class HFTextEncoder(nn.Module):
     class Options:
         model: str = "bert-base-uncased"  # Hugging Face id, local directory, or pkg:<module>
         pretrained: bool = True  # False: random init from the model's config (tests)
+        init_seed: int = 0  # seed of that random init (reproducible)
         freeze: bool = True  # keep the encoder fixed (eval mode, no gradients)
         max_length: int = 40  # tokens per expression, [CLS]/[SEP] included
 
@@ -201,7 +206,9 @@ class HFTextEncoder(nn.Module):
         if options.pretrained:
             model = AutoModel.from_pretrained(path)
         else:
-            model = AutoModel.from_config(config)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(options.init_seed)
+                model = AutoModel.from_config(config)
         if getattr(config, "is_encoder_decoder", False):
             model = model.get_encoder()  # BART: the encoder stack only
         self.model = model
