@@ -1,0 +1,208 @@
+"""Keyframe instance segmentation: several segmenters pooled per keyframe (paper Eq. 1).
+
+The paper pools the proposals of HTC and CondInst on every keyframe. :class:`PooledSegmenter`
+runs each configured model on the same keyframes and concatenates their candidates per
+frame (``Candidates.concat``), each candidate keeping its source model's name. Models are
+built from ``segmentation.models`` entries through :data:`rvos_ray.registry.SEGMENTERS`:
+
+.. code-block:: yaml
+
+    segmentation:
+      models:
+        - name: htc              # the candidates' source name; unique within the list
+          backend: mmdet         # registry name
+          config: htc/htc_x101-64x4d-dconv-c3-c5_fpn_ms-400-1400-16xb1-20e_coco.py
+          checkpoint: https://...
+          calibration: {slope: 1.0, bias: 0.0}   # optional, see ScoreCalibration
+
+Scores of different models are not on one scale (a CondInst 0.3 is not an HTC 0.3), and
+tracklet-NMS ranks pooled candidates by score, so each model may carry a Platt calibration
+``sigmoid(slope * logit(s) + bias)`` applied before pooling.
+
+This module also holds the helpers both backends share: reading keyframes and turning a
+model's dense masks into :class:`Candidates` (threshold, top-k, RLE at the frame size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rvos_ray import masks as rle
+from rvos_ray.data import io
+from rvos_ray.data.errors import DataError
+from rvos_ray.registry import SEGMENTERS, ConfigError, parse_options
+from rvos_ray.stages.protocols import Segmenter
+from rvos_ray.types import Candidates, Video
+
+__all__ = [
+    "ScoreCalibration",
+    "PooledSegmenter",
+    "build_segmenter",
+    "build_segmenters",
+    "read_frames",
+    "make_candidates",
+]
+
+
+@dataclasses.dataclass
+class ScoreCalibration:
+    """Platt scaling of one model's scores: ``sigmoid(slope * logit(s) + bias)``.
+
+    The identity is slope 1, bias 0. Monotone for slope > 0, so it never reorders one model's
+    own candidates; it only moves them relative to the other models'.
+    """
+
+    slope: float = 1.0  # > 0; < 1 flattens an over-confident model, > 1 sharpens
+    bias: float = 0.0  # shifts the model's scores up (> 0) or down (< 0) in logit space
+
+    def __post_init__(self) -> None:
+        if not self.slope > 0:
+            raise ConfigError(f"calibration.slope must be > 0, got {self.slope}")
+
+    def is_identity(self) -> bool:
+        return self.slope == 1.0 and self.bias == 0.0
+
+    def __call__(self, scores: Sequence[float]) -> tuple[float, ...]:
+        if self.is_identity() or len(scores) == 0:
+            return tuple(float(s) for s in scores)
+        # float64 and a clip away from 0/1 so logit stays finite; results land in (0, 1).
+        s = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1.0 - 1e-7)
+        z = self.slope * np.log(s / (1.0 - s)) + self.bias
+        return tuple(float(v) for v in 1.0 / (1.0 + np.exp(-z)))
+
+
+class PooledSegmenter:
+    """Runs several segmenters on the same keyframes and pools their candidates per frame.
+
+    ``segment(video, frames)`` returns one :class:`Candidates` per requested frame, in the
+    order of ``frames``, with every model's candidates concatenated in model order.
+    """
+
+    def __init__(
+        self,
+        segmenters: Sequence[Segmenter],
+        calibrations: Sequence[ScoreCalibration | None] | None = None,
+    ) -> None:
+        if not segmenters:
+            raise ConfigError("segmentation.models: at least one model is needed")
+        names = [s.name for s in segmenters]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"segmentation.models: source names must be unique, repeated: {dup}")
+        calibrations = list(calibrations) if calibrations is not None else [None] * len(segmenters)
+        if len(calibrations) != len(segmenters):
+            raise ValueError(f"{len(segmenters)} segmenters but {len(calibrations)} calibrations")
+        self.segmenters = list(segmenters)
+        self.calibrations = calibrations
+        self.name = "+".join(names)
+
+    def segment(self, video: Video, frames: Sequence[int]) -> list[Candidates]:
+        frames = [int(f) for f in frames]
+        per_model: list[list[Candidates]] = []
+        for seg, cal in zip(self.segmenters, self.calibrations):
+            out = seg.segment(video, frames)
+            got = [c.frame for c in out]
+            if got != frames:
+                raise RuntimeError(
+                    f"segmenter {seg.name!r} returned frames {got} for requested {frames} "
+                    f"of video {video.video_id!r}"
+                )
+            if cal is not None and not cal.is_identity():
+                out = [dataclasses.replace(c, scores=cal(c.scores)) for c in out]
+            per_model.append(out)
+        return [Candidates.concat([m[i] for m in per_model]) for i in range(len(frames))]
+
+
+def build_segmenter(entry: Mapping[str, Any], where: str) -> tuple[Segmenter, ScoreCalibration | None]:
+    """One segmenter (and its optional calibration) from a ``segmentation.models`` entry."""
+    entry = dict(entry)
+    for key in ("name", "backend"):
+        if not entry.get(key):
+            raise ConfigError(f"{where}: missing key {key!r} (e.g. name: htc, backend: mmdet)")
+    name, backend = str(entry["name"]), str(entry["backend"])
+    cal_section = entry.pop("calibration", None)
+    calibration = (
+        parse_options(ScoreCalibration, cal_section, f"{where}.calibration") if cal_section else None
+    )
+    # The registry validates every remaining key against the backend's Options dataclass;
+    # the source name travels as the constructor argument ``source`` (the registry strips ``name``).
+    segmenter = SEGMENTERS.build(backend, entry, where, source=name)
+    return segmenter, calibration
+
+
+def build_segmenters(section: Any, where: str = "segmentation") -> PooledSegmenter:
+    """The pooled segmenter of a config's ``segmentation`` section (``cfg.segmentation``)."""
+    models = section.get("models") if isinstance(section, Mapping) else getattr(section, "models", None)
+    if not models:
+        raise ConfigError(f"{where}.models: empty; list at least one model (name, backend, options)")
+    built = [build_segmenter(entry, f"{where}.models[{i}]") for i, entry in enumerate(models)]
+    return PooledSegmenter([s for s, _ in built], [c for _, c in built])
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by the backends
+# --------------------------------------------------------------------------------------------
+
+
+def read_frames(video: Video, frames: Sequence[int]) -> list[np.ndarray]:
+    """The RGB uint8 HxWx3 pixels of ``frames`` (indices into ``video``'s frames)."""
+    out = []
+    for f in frames:
+        if not 0 <= f < video.num_frames:
+            raise DataError(
+                f"video {video.video_id!r}: keyframe {f} out of range (video has {video.num_frames} frames)"
+            )
+        try:
+            out.append(io.read_image(video.frame_paths[f]))
+        except (OSError, ValueError) as e:
+            raise DataError(f"video {video.video_id!r}: cannot read frame {video.frame_paths[f]}: {e}") from e
+    return out
+
+
+def make_candidates(
+    video_id: str,
+    frame: int,
+    height: int,
+    width: int,
+    masks: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    source: str,
+    score_threshold: float,
+    max_per_frame: int,
+) -> Candidates:
+    """Candidates from one frame's dense model outputs.
+
+    ``masks`` is N x height x width (bool or 0/1), at the frame's original size. Keeps the
+    candidates scoring >= ``score_threshold``, best first, at most ``max_per_frame``, and
+    drops empty masks (they cannot seed a tracklet).
+    """
+    masks = np.asarray(masks)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if masks.ndim != 3 or masks.shape[1:] != (height, width):
+        raise ValueError(
+            f"{source}: masks of shape {masks.shape}, expected N x {height} x {width} (frame size)"
+        )
+    if not (len(masks) == len(scores) == len(labels)):
+        raise ValueError(f"{source}: {len(masks)} masks, {len(scores)} scores, {len(labels)} labels")
+    flat = masks.reshape(len(masks), -1)
+    keep = (scores >= score_threshold) & (flat.any(axis=1) if len(masks) else np.zeros(0, bool))
+    idx = np.flatnonzero(keep)
+    idx = idx[np.argsort(-scores[idx], kind="stable")][: max(int(max_per_frame), 0)]
+    kept = masks[idx].astype(np.uint8, copy=False)
+    return Candidates(
+        video_id=video_id,
+        frame=int(frame),
+        height=int(height),
+        width=int(width),
+        rles=tuple(rle.encode_many(kept)) if len(idx) else (),
+        # Model scores are probabilities; the clip absorbs fp16 rounding just past 1.
+        scores=tuple(float(s) for s in np.clip(scores[idx], 0.0, 1.0)),
+        labels=tuple(int(v) for v in labels[idx]),
+        sources=(source,) * len(idx),
+    )
