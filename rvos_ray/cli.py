@@ -18,7 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-propagator": ("rvos_ray.training.train_propagator", "train the CFBI+ propagator (clips, hard-pixel CE, checkpoints, resume)"),
     "sweep": ("rvos_ray.sweep.sweep_cli", "Ray Tune sweep of ensemble / tracklet-NMS settings over a run's cache"),
     "ablate": ("rvos_ray.sweep.ablate_cli", "run the paper's ablation rows (Table 3) and write the table"),
+    "to-coco": ("rvos_ray.data.coco_convert", "convert a Ref-YouTube-VOS-layout split to COCO instances JSON"),
+    "finetune-segmenter": ("rvos_ray.training.finetune_segmenter", "finetune an mmdet segmenter (CondInst) on a split"),
     "report": ("rvos_ray.telemetry.report_cli", "write a run's self-contained HTML report (throughput, latency, scores)"),
+    "demo": ("rvos_ray.demo", "the whole pipeline on local Ray with the shipped small models: J&F, throughput, report"),
 }
 
 
