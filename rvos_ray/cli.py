@@ -21,7 +21,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "to-coco": ("rvos_ray.data.coco_convert", "convert a Ref-YouTube-VOS-layout split to COCO instances JSON"),
     "finetune-segmenter": ("rvos_ray.training.finetune_segmenter", "finetune an mmdet segmenter (CondInst) on a split"),
     "report": ("rvos_ray.telemetry.report_cli", "write a run's self-contained HTML report (throughput, latency, scores)"),
-    "demo": ("rvos_ray.demo", "the whole pipeline on local Ray with the shipped small models: J&F, throughput, report"),
 }
 
 
