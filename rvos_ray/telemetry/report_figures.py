@@ -94,9 +94,9 @@ def throughput_figure(events: Sequence[Mapping[str, Any]], frames_of: Mapping[st
     series = throughput_series(comp, t0, width)
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"frames/s per stage ({width:g} s bins)",
                                                         "videos finished per stage (cumulative)"))
-    for i, stage in enumerate(order_stages(list(series))):
+    for stage in order_stages(list(series)):
         x, fps, _ = series[stage]
-        color = _color(i)
+        color = stage_color(stage)
         fig.add_trace(go.Scatter(x=x, y=fps, name=stage, mode="lines", line=dict(shape="hv", color=color),
                                  legendgroup=stage), row=1, col=1)
         times = [t - t0 for t, _ in comp[stage]]
@@ -149,8 +149,8 @@ def latency_figure(events: Sequence[Mapping[str, Any]]):
     for e in stage_call_events(events):
         by[stage_key(e)].append(float(e["end"]) - float(e["start"]))
     fig = go.Figure()
-    for i, k in enumerate(order_stages(list(by))):
-        fig.add_trace(go.Box(y=by[k], name=k, boxpoints="outliers", marker_color=_color(i)))
+    for k in order_stages(list(by)):
+        fig.add_trace(go.Box(y=by[k], name=k, boxpoints="outliers", marker_color=stage_color(k)))
     fig.update_yaxes(title_text="seconds per call", type="log")
     fig.update_layout(title="Latency distribution per stage call", showlegend=False, **_LAYOUT)
     return fig
@@ -172,9 +172,9 @@ def breakdown_figure(events: Sequence[Mapping[str, Any]], max_videos: int = 60):
     videos.reverse()  # slowest on top
     stages = order_stages([s for v in b.values() for s in v])
     fig = go.Figure()
-    for i, s in enumerate(stages):
+    for s in stages:
         fig.add_trace(go.Bar(y=videos, x=[b[v].get(s, 0.0) for v in videos], name=s, orientation="h",
-                             marker_color=_color(i)))
+                             marker_color=stage_color(s)))
     title = "Stage time per video" + (f" (slowest {max_videos} of {len(b)})" if len(b) > max_videos else "")
     layout = dict(_LAYOUT)
     layout["height"] = max(300, 40 + 22 * len(videos))
@@ -207,3 +207,10 @@ _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 
 def _color(i: int) -> str:
     return _PALETTE[i % len(_PALETTE)]
+
+
+def stage_color(name: str) -> str:
+    """One colour per pipeline stage in every figure (``stage[variant]`` takes its stage's)."""
+    base = name.split("[", 1)[0]
+    i = STAGE_ORDER.index(base) if base in STAGE_ORDER else len(STAGE_ORDER) + sum(map(ord, base))
+    return _color(i)
