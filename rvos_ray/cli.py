@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("rvos_ray.sweep.ablate_cli", "run the paper's ablation rows (Table 3) and write the table"),
     "to-coco": ("rvos_ray.data.coco_convert", "convert a Ref-YouTube-VOS-layout split to COCO instances JSON"),
     "finetune-segmenter": ("rvos_ray.training.finetune_segmenter", "finetune an mmdet segmenter (CondInst) on a split"),
+    "run": ("rvos_ray.runtime.run_cli", "run a whole split (local Ray, a cluster, or in-process); resumes"),
     "report": ("rvos_ray.telemetry.report_cli", "write a run's self-contained HTML report (throughput, latency, scores)"),
 }
 

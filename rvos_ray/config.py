@@ -46,6 +46,7 @@ class RunSection:
     seed: int = 0
     resume: bool = True  # skip videos whose outputs are complete
     submission_zip: bool = True
+    score: bool = True  # per-expression metrics when the split is annotated (infer: false)
 
 
 @dataclass

@@ -1,0 +1,363 @@
+"""The per-video stage sequence as plain Python, shared by both executors. No Ray here.
+
+One video goes through::
+
+    keyframe batches --segment (per model)--> pool per keyframe --> propagation plan
+      --propagate (per keyframe x chunk of candidates)--> tracklet-NMS --> ground (per variant)
+      --> ensemble --> finish_video (tables, submission PNGs, metrics, events, done.json)
+
+Every stage call here returns its outputs plus one *event* (``stage``, ``item``, ``start``,
+``end``, ``host``, ``pid``), so the executors only decide *where* and *when* each call runs;
+*what* runs is this module. The in-process executor calls these functions in order; the Ray
+executor calls the same functions inside actors and tasks, passing ObjectRefs between them.
+Identical inputs give identical tables on both (tracklet ids come from the plan, not from
+arrival order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rvos_ray import masks as rle
+from rvos_ray.registry import ConfigError
+from rvos_ray.runtime import stage_adapters as adapters
+from rvos_ray.runtime.run_dir import RunDir
+from rvos_ray.stages.keyframes import keyframes_of
+from rvos_ray.telemetry import metrics as telemetry
+from rvos_ray.types import (
+    METRICS_SCHEMA,
+    PREDICTION_SCHEMA,
+    TRACKLET_SCHEMA,
+    Candidates,
+    Expression,
+    Video,
+    table_from_columns,
+    validate,
+)
+
+Event = dict[str, Any]
+
+#: stage names as they appear in events, failures and the summary, in pipeline order
+STAGES = ("segmentation", "pooling", "propagation", "nms", "grounding", "ensemble", "writer")
+
+
+@dataclass(frozen=True)
+class VideoWork:
+    """One video of the split with its expressions: all a worker needs (no pixels)."""
+
+    video: Video
+    expressions: tuple[Expression, ...]
+
+    @property
+    def video_id(self) -> str:
+        return self.video.video_id
+
+
+@dataclass(frozen=True)
+class PropagationCall:
+    """Candidates ``[start, stop)`` of keyframe number ``keyframe_index`` become tracklets
+    ``first_id .. first_id + stop - start - 1``."""
+
+    keyframe_index: int
+    start: int
+    stop: int
+    first_id: int
+
+    @property
+    def tracklet_ids(self) -> list[int]:
+        return list(range(self.first_id, self.first_id + self.stop - self.start))
+
+
+# --------------------------------------------------------------------------------------------
+# Events
+# --------------------------------------------------------------------------------------------
+
+
+def timed(stage: str, video_id: str, item: str, fn: Callable[[], Any], *, video_frames: int = 0,
+          completes: str = "", variant: str = "", model: str = "") -> tuple[Any, Event]:
+    """Run ``fn`` and return (its result, the stage event with start/end wall times).
+
+    Telemetry hook: the call is reported to this process's telemetry
+    (:func:`rvos_ray.telemetry.metrics.current`) as started and finished (failed if ``fn``
+    raises), tagged with the grounder ``variant`` / segmentation ``model``. ``video_frames``:
+    the video's frame count when this call finishes its stage for the video (0 for one of
+    several calls per video); ``completes``: a stage of several calls per video whose outputs
+    this call consumes, so it is done for the video when this call starts. The tags and
+    ``video_frames`` also go into the event (the run's event log)."""
+    tel = telemetry.current()
+    if completes:
+        tel.video_stage_done(completes, video_frames)
+    tel.stage_started(stage, variant=variant, model=model)
+    start = time.time()
+    try:
+        out = fn()
+    except BaseException:
+        tel.stage_finished(stage, time.time() - start, ok=False, variant=variant, model=model)
+        raise
+    end = time.time()
+    tel.stage_finished(stage, end - start, frames=video_frames, videos=1 if video_frames else 0,
+                       variant=variant, model=model)
+    event = {
+        "video_id": video_id,
+        "stage": stage,
+        "item": item,
+        "start": start,
+        "end": end,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    event.update({k: v for k, v in (("frames", video_frames), ("completes", completes), ("variant", variant),
+                                    ("model", model)) if v})
+    return out, event
+
+
+def compute_seconds(events: Sequence[Event]) -> float:
+    """Sum of stage compute time of a set of events (what a serial run would spend)."""
+    return float(sum(e["end"] - e["start"] for e in events if "end" in e and "start" in e))
+
+
+# --------------------------------------------------------------------------------------------
+# The split
+# --------------------------------------------------------------------------------------------
+
+
+def list_work(cfg: Any) -> list[VideoWork]:
+    """The videos of ``cfg.data`` (after ``data.videos``: None = all, a count, or ids)."""
+    reader = adapters.open_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split)
+    ids = reader.video_ids()
+    sel = cfg.data.videos
+    if sel is None:
+        chosen = ids
+    elif isinstance(sel, int) and not isinstance(sel, bool):
+        if sel < 0:
+            raise ConfigError(f"data.videos: a count must be >= 0, got {sel}")
+        chosen = ids[:sel]
+    else:
+        chosen = [str(v) for v in sel]
+        unknown = [v for v in chosen if v not in set(ids)]
+        if unknown:
+            raise ConfigError(f"data.videos: not in split {cfg.data.split!r}: {unknown[:5]}")
+    return [VideoWork(reader.video(v), tuple(reader.expressions(v))) for v in chosen]
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation and pooling
+# --------------------------------------------------------------------------------------------
+
+
+def keyframe_batches(video: Video, k: int, batch_size: int) -> tuple[list[int], list[list[int]]]:
+    """(keyframes, keyframes cut into batches of ``batch_size`` for one segment call each)."""
+    frames = keyframes_of(video, k)
+    b = max(int(batch_size), 1)
+    return frames, [frames[i : i + b] for i in range(0, len(frames), b)]
+
+
+def segment_call(segmenter: Any, model: str, video: Video, frames: Sequence[int]) -> tuple[list[Candidates], Event]:
+    """One model on one batch of keyframes (frames are read by the segmenter itself)."""
+    item = f"{model}@{','.join(map(str, frames))}"
+    return timed("segmentation", video.video_id, item, lambda: list(segmenter.segment(video, list(frames))),
+                 model=model)
+
+
+def pool_call(video: Video, keyframes: Sequence[int], per_model: Sequence[Sequence[list[Candidates]]]
+              ) -> tuple[list[Candidates], list[int], Event]:
+    """Pool every model's candidates per keyframe, in model order (the paper pools HTC and
+    CondInst proposals). ``per_model[m]`` is model m's list of batch results."""
+
+    def run() -> tuple[list[Candidates], list[int]]:
+        flat = [[c for batch in model for c in batch] for model in per_model]
+        for m in flat:
+            got = [c.frame for c in m]
+            if got != list(keyframes):
+                raise RuntimeError(f"video {video.video_id!r}: segmenter returned frames {got}, "
+                                   f"expected keyframes {list(keyframes)}")
+        pooled = [Candidates.concat([m[i] for m in flat]) for i in range(len(keyframes))]
+        return pooled, [len(c) for c in pooled]
+
+    (pooled, counts), ev = timed("pooling", video.video_id, "all", run, video_frames=video.num_frames,
+                                 completes="segmentation")
+    return pooled, counts, ev
+
+
+def propagation_plan(counts: Sequence[int], chunk: int) -> list[PropagationCall]:
+    """Calls per keyframe and per chunk of ``chunk`` candidates; tracklet ids number the
+    candidates keyframe by keyframe, so they do not depend on which call finishes first."""
+    if chunk < 1:
+        raise ConfigError(f"propagation.candidates_per_call must be >= 1, got {chunk}")
+    calls, next_id = [], 0
+    for k, n in enumerate(counts):
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            calls.append(PropagationCall(k, s, e, next_id + s))
+        next_id += n
+    return calls
+
+
+def slice_candidates(c: Candidates, start: int, stop: int) -> Candidates:
+    return dataclasses.replace(c, rles=c.rles[start:stop], scores=c.scores[start:stop],
+                               labels=c.labels[start:stop], sources=c.sources[start:stop])
+
+
+def propagate_call(propagator: Any, video: Video, candidates: Candidates, call: PropagationCall
+                   ) -> tuple[pa.Table, Event]:
+    part = slice_candidates(candidates, call.start, call.stop)
+
+    def run() -> pa.Table:
+        table = propagator.propagate(video, part, call.tracklet_ids)
+        return validate(table, TRACKLET_SCHEMA, f"propagation of {video.video_id!r} keyframe {candidates.frame}")
+
+    item = f"kf{candidates.frame}[{call.start}:{call.stop}]"
+    return timed("propagation", video.video_id, item, run)
+
+
+# --------------------------------------------------------------------------------------------
+# Tracklet-NMS, grounding, ensemble
+# --------------------------------------------------------------------------------------------
+
+
+def concat_tracklets(tables: Sequence[pa.Table]) -> pa.Table:
+    """All tracklets of a video, sorted by (tracklet_id, frame). Dictionaries are unified so
+    tables from different calls (different ``source`` dictionaries) concatenate."""
+    if not tables:
+        return TRACKLET_SCHEMA.empty_table()
+    t = pa.concat_tables(list(tables)).unify_dictionaries().combine_chunks()
+    return t.sort_by([("tracklet_id", "ascending"), ("frame", "ascending")])
+
+
+def nms_call(nms_cfg: Mapping[str, Any], video: Video, tables: Sequence[pa.Table]
+             ) -> tuple[pa.Table, pa.Table, Event]:
+    """(all tracklets, the tracklets NMS keeps, event)."""
+
+    def run() -> tuple[pa.Table, pa.Table]:
+        every = concat_tracklets(tables)
+        return every, adapters.tracklet_nms(every, nms_cfg)
+
+    (every, kept), ev = timed("nms", video.video_id, "all", run, video_frames=video.num_frames,
+                              completes="propagation")
+    return every, kept, ev
+
+
+def ground_call(grounder: Any, variant: str, work: VideoWork, tracklets: pa.Table) -> tuple[pa.Table, Event]:
+    """One grounder variant over every expression of the video (frames read by the grounder)."""
+    return timed("grounding", work.video_id, variant,
+                 lambda: adapters.ground(grounder, work.video, work.expressions, tracklets), variant=variant)
+
+
+def ensemble_call(ens_cfg: Mapping[str, Any], work: VideoWork, grounding: Sequence[pa.Table]
+                  ) -> tuple[pa.Table, pa.Table, Event]:
+    """(all variants' grounding table, the prediction table, event)."""
+
+    def run() -> tuple[pa.Table, pa.Table]:
+        g = adapters.concat_grounding(grounding)
+        pred = adapters.ensemble(g, ens_cfg)
+        return g, validate(pred, PREDICTION_SCHEMA, f"prediction of {work.video_id!r}")
+
+    (g, pred), ev = timed("ensemble", work.video_id, "all", run, video_frames=work.video.num_frames,
+                          completes="grounding")
+    return g, pred, ev
+
+
+# --------------------------------------------------------------------------------------------
+# Writer and scorer
+# --------------------------------------------------------------------------------------------
+
+
+class ChosenMasks:
+    """The predicted mask of every (expression, frame) of one video: the chosen tracklet's
+    mask, empty where it has none. Read by the scorer (``read(video, exp_id, frame)``)."""
+
+    def __init__(self, work: VideoWork, tracklets: pa.Table, prediction: pa.Table, height: int, width: int):
+        self.height, self.width = height, width
+        self.index = {n: i for i, n in enumerate(work.video.frame_names)}
+        rows: dict[tuple[int, int], bytes] = {}
+        for t, f, r in zip(tracklets.column("tracklet_id").to_pylist(), tracklets.column("frame").to_pylist(),
+                           tracklets.column("rle").to_pylist()):
+            rows[(t, f)] = r
+        self.rows = rows
+        self.chosen = dict(zip(prediction.column("exp_id").to_pylist(), prediction.column("tracklet_id").to_pylist()))
+
+    def name(self, video: str, exp_id: str, frame: str) -> str:
+        return f"prediction ({video!r}, {exp_id!r}, {frame!r})"
+
+    def read(self, video: str, exp_id: str, frame: str) -> np.ndarray:
+        r = self.rows.get((self.chosen.get(exp_id, -1), self.index.get(frame, -1)))
+        if r is None:
+            return np.zeros((self.height, self.width), np.uint8)
+        return rle.decode(r, self.height, self.width)
+
+
+def frame_size(tracklets: pa.Table, video: Video) -> tuple[int, int]:
+    if tracklets.num_rows:
+        return int(tracklets.column("height")[0].as_py()), int(tracklets.column("width")[0].as_py())
+    from rvos_ray.data import io as fio  # only for videos without a single tracklet
+
+    img = fio.read_image(video.frame_paths[0])
+    return int(img.shape[0]), int(img.shape[1])
+
+
+def score_video(cfg: Mapping[str, Any], work: VideoWork, tracklets: pa.Table, prediction: pa.Table
+                ) -> tuple[pa.Table, int] | None:
+    """(per-expression metrics table, annotated frames scored) with the evaluation section's
+    protocol; None when the video has no ground truth (no annotated frame, or expressions
+    without an object id, like the official valid split)."""
+    d, ev = cfg["data"], cfg["evaluation"]
+    reader = adapters.open_dataset(d["dataset"], d["root"], d["split"])
+    if not reader.annotated_frames(work.video_id) or not all(e.obj_ids for e in work.expressions):
+        return None
+    h, w = frame_size(tracklets, work.video)
+    scorer = adapters.scorer(d["dataset"], d["root"], d["split"], ev["protocol"], bool(ev["strict"]))
+    vs = scorer.score_video(work.video_id, ChosenMasks(work, tracklets, prediction, h, w))
+    rows = vs.expressions
+    table = table_from_columns(
+        {"video": [r.video for r in rows], "exp_id": [r.exp_id for r in rows], "J": [r.J for r in rows],
+         "F": [r.F for r in rows], "J&F": [r.JF for r in rows], "n_frames": [r.n_frames for r in rows]},
+        METRICS_SCHEMA, f"metrics of {work.video_id!r}")
+    return table, vs.n_annotated
+
+
+def finish_video(run_uri: str, cfg: Mapping[str, Any], work: VideoWork, every: pa.Table, kept: pa.Table,
+                 grounding: pa.Table, prediction: pa.Table, events: Sequence[Event]) -> dict[str, Any]:
+    """Write the video's tables, submission PNGs and (``run.score``, annotated splits) metrics,
+    then ``done.json`` last. ``cfg`` is the run's config as a plain dict.
+
+    Returns the small done record the driver keeps (counts, per-stage seconds, mean J&F)."""
+    rd = RunDir(run_uri)
+
+    def run() -> dict[str, Any]:
+        vid = work.video_id
+        rd.write_table(vid, "tracklets_all", every)
+        rd.write_table(vid, "tracklets", kept)
+        rd.write_table(vid, "grounding", grounding)
+        rd.write_table(vid, "prediction", prediction)
+        pngs = adapters.write_submission_video(rd.submission_dir, work.video, kept, prediction, work.expressions)
+        scored = score_video(cfg, work, kept, prediction) if cfg["run"]["score"] else None
+        record: dict[str, Any] = {
+            "expressions": len(work.expressions), "frames": work.video.num_frames, "pngs": pngs,
+            "tracklets": _num_tracklets(every), "kept": _num_tracklets(kept)}
+        if scored is not None:
+            rd.write_table(vid, "metrics", scored[0])
+            record["annotated_frames"] = scored[1]
+        return record
+
+    record, ev = timed("writer", work.video_id, "all", run, video_frames=work.video.num_frames)
+    all_events = [*events, ev]
+    rd.write_events(work.video_id, all_events)
+    per_stage: dict[str, float] = {}
+    for e in all_events:
+        per_stage[e["stage"]] = per_stage.get(e["stage"], 0.0) + e["end"] - e["start"]
+    record["stage_seconds"] = per_stage
+    rd.mark_done(work.video_id, record)
+    return record
+
+
+def _num_tracklets(t: pa.Table) -> int:
+    return len(set(t.column("tracklet_id").to_pylist())) if t.num_rows else 0

@@ -1,0 +1,134 @@
+"""What a run has to do, and what it did: resume planning and the split-level finish.
+
+Shared by both executors. Resume is by manifest, never by position: a video is finished when
+its ``done.json`` exists in the run directory (written last, after its tables and PNGs), so a
+re-run of the same command skips exactly the finished videos, and redoes a video that failed
+or was interrupted half-way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+
+from rvos_ray.data import io as fio
+from rvos_ray.runtime import stage_adapters as adapters
+from rvos_ray.runtime.pipeline import VideoWork
+from rvos_ray.runtime.run_dir import RunDir
+from rvos_ray.types import Failure
+
+
+@dataclass
+class Plan:
+    todo: list[VideoWork]
+    skipped: list[str]
+
+
+@dataclass
+class Outcome:
+    """What one invocation did; the executors fill it in as videos finish or fail."""
+
+    executor: str
+    started: float = field(default_factory=time.time)
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)  # vid -> done record
+    failed: dict[str, Failure] = field(default_factory=dict)
+    driver_events: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # setup_s (models), loop_s (videos)
+
+    def event(self, kind: str, video_id: str = "", **extra: Any) -> None:
+        self.driver_events.append({"stage": "driver", "item": kind, "video_id": video_id,
+                                   "time": time.time(), **extra})
+
+
+def start_run(cfg: DictConfig) -> RunDir:
+    """The run directory with its resolved config. On resume the stored config must agree on
+    every result-affecting key (:meth:`RunDir.write_config`)."""
+    rd = RunDir(cfg.run.dir)
+    if not cfg.run.resume and fio.exists(rd.config_path):
+        fs, path = fio.resolve(rd.config_path)
+        fs.delete_file(path)  # a deliberate redo: the new config replaces the old one
+    rd.write_config(cfg)
+    return rd
+
+
+def plan(rd: RunDir, works: Sequence[VideoWork], resume: bool) -> Plan:
+    """Videos to process now, and the finished ones skipped (resume)."""
+    done = rd.done_videos() if resume else set()
+    return Plan([w for w in works if w.video_id not in done], [w.video_id for w in works if w.video_id in done])
+
+
+def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan, out: Outcome) -> dict[str, Any]:
+    """Merge the split's tables, zip the submission, write the event log and ``summary.json``.
+
+    Only videos of this split selection count; the tables cover every finished one (done now
+    or skipped as done earlier), so a resumed run ends with the same tables as a clean one."""
+    ids = [w.video_id for w in works]
+    finished = [v for v in ids if v in out.done or v in set(p.skipped)]
+    predictions = rd.merge("prediction", finished, "predictions.parquet")
+    metrics = rd.merge("metrics", finished, "metrics.parquet")
+    failures = [out.failed[v] for v in ids if v in out.failed]
+    rd.write_failures_table(failures)
+    if cfg.run.submission_zip:
+        if finished:
+            adapters.write_submission_zip(rd.submission_dir, rd.submission_zip)
+
+    events = list(out.driver_events)
+    for v in finished:
+        events.extend(rd.read_events(v))
+    events.sort(key=lambda e: (e.get("start", e.get("time", 0.0)), e.get("video_id", "")))
+    rd.write_run_events(events)
+
+    stage_seconds: dict[str, float] = {}
+    for v in out.done:
+        for s, sec in out.done[v].get("stage_seconds", {}).items():
+            stage_seconds[s] = stage_seconds.get(s, 0.0) + sec
+    summary: dict[str, Any] = {
+        "executor": out.executor,
+        "run_dir": rd.uri,
+        "videos": len(ids),
+        "done": len(out.done),
+        "skipped": len(p.skipped),
+        "failed": len(failures),
+        "finished": len(finished),
+        "expressions": predictions.num_rows,
+        "wall_seconds": time.time() - out.started,
+        "compute_seconds": sum(stage_seconds.values()),
+        "stage_seconds": stage_seconds,
+        "timings": dict(out.timings),
+        "failures": [{"video_id": f.video_id, "stage": f.stage, "error": f.error, "message": f.message}
+                     for f in failures],
+    }
+    if metrics.num_rows:
+        summary.update(split_scores(cfg, works, metrics))
+    rd.write_json("summary.json", summary)
+    # telemetry hook: environment.json and the HTML run report, at the end of every run
+    from rvos_ray.telemetry.report import write_run_report
+
+    write_run_report(rd.uri)
+    return summary
+
+
+def split_scores(cfg: DictConfig, works: Sequence[VideoWork], metrics: Any) -> dict[str, Any]:
+    """J, F, J&F of the split from the per-expression metrics, aggregated by the evaluation
+    protocol (expressions for "rvos", objects for "davis") exactly as the scorer does."""
+    from rvos_ray.evaluation.scorer import ExpressionScore, ScoreReport
+
+    obj_ids = {(w.video_id, e.exp_id): tuple(e.obj_ids) for w in works for e in w.expressions}
+    m = metrics.to_pydict()
+    rows = [ExpressionScore(video=v, exp_id=x, obj_ids=obj_ids.get((v, x), ()), J=j, F=f, n_frames=n)
+            for v, x, j, f, n in zip(m["video"], m["exp_id"], m["J"], m["F"], m["n_frames"])]
+    report = ScoreReport(protocol=str(cfg.evaluation.protocol), expressions=rows,
+                         n_videos=len(set(m["video"])), n_annotated_frames=0, n_missing=0, missing=[])
+    s = report.summary()
+    return {"J": s["J"], "F": s["F"], "J&F": s["J&F"], "protocol": s["protocol"],
+            "scored_expressions": s["n_expressions"] - s["n_expressions_without_frames"]}
+
+
+def failure_from(video_id: str, stage: str, exc: BaseException) -> Failure:
+    """A failure record: the stage, the exception type and its message (first 2000 chars)."""
+    msg = str(exc).strip() or repr(exc)
+    return Failure(video_id=video_id, stage=stage, error=type(exc).__name__, message=msg[:2000])

@@ -1,0 +1,142 @@
+"""Thin adapters from the runtime to the stage, data and evaluation modules.
+
+The runtime calls the stages only through these functions, so an executor never depends on a
+stage module's internals and a change of a stage's entry point is a one-line change here.
+Every import is lazy: building an actor imports only what that actor needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+import pyarrow as pa
+
+from rvos_ray.types import GROUNDING_SCHEMA, Expression, Video
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def open_dataset(dataset: str, root: str, split: str) -> Any:
+    """The split's reader (cached per process: each worker builds it once, from small JSON)."""
+    from rvos_ray.data.datasets import open_dataset as open_
+
+    return open_(root, split, dataset)
+
+
+@lru_cache(maxsize=8)
+def scorer(dataset: str, root: str, split: str, protocol: str, strict: bool) -> Any:
+    from rvos_ray.evaluation.scorer import Scorer
+
+    return Scorer(open_dataset(dataset, root, split), protocol=protocol, strict=strict)
+
+
+# --------------------------------------------------------------------------------------------
+# Model builders (called once per actor, or once per in-process run)
+# --------------------------------------------------------------------------------------------
+
+
+def seeded(seed: int, build: Callable[[], Any]) -> Any:
+    """``build()`` with every RNG seeded first, so a randomly initialised model (no checkpoint)
+    gets the same weights in every process: the in-process executor, each Ray actor, and an
+    actor rebuilt after a restart."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return build()
+    torch.manual_seed(seed)
+    return build()
+
+
+def build_segmenter(entry: Mapping[str, Any], where: str) -> Any:
+    """One segmentation model (with its score calibration) from a ``segmentation.models``
+    entry, as a one-model pooled segmenter: it checks the returned frames and calibrates, and
+    pooling several of them per keyframe in model order is what the all-model pooled
+    segmenter does."""
+    from rvos_ray.stages.segment import PooledSegmenter
+    from rvos_ray.stages.segment import build_segmenter as build_one
+
+    seg, cal = build_one(entry, where)
+    return PooledSegmenter([seg], [cal])
+
+
+def build_propagator(section: Mapping[str, Any]) -> Any:
+    """The ``propagation`` section's backend (``backend`` + its typed ``options``)."""
+    from rvos_ray.registry import PROPAGATORS
+
+    return PROPAGATORS.build(str(section["backend"]), section.get("options") or {}, "propagation.options")
+
+
+def build_grounder(variant: str, grounding: Mapping[str, Any]) -> Any:
+    """A grounding stage holding the one variant named ``variant`` of the ``grounding`` section
+    (``grounding.method: similarity``: the naive cosine-similarity stage of the ablation)."""
+    from rvos_ray.stages.ground import GroundingStage
+
+    method = str(grounding.get("method", "transformer"))
+    if method == "similarity":
+        from rvos_ray.stages.naive_ground import SimilarityGroundingStage
+
+        return SimilarityGroundingStage.from_config(grounding, variants=[variant])
+    if method != "transformer":
+        from rvos_ray.registry import ConfigError
+
+        raise ConfigError(f"grounding.method: {method!r} is not one of ['transformer', 'similarity']")
+    return GroundingStage.from_config(grounding, variants=[variant])
+
+
+# --------------------------------------------------------------------------------------------
+# Stage calls
+# --------------------------------------------------------------------------------------------
+
+
+def tracklet_nms(tracklets: pa.Table, nms_cfg: Mapping[str, Any]) -> pa.Table:
+    from rvos_ray.stages.tracklet_nms import tracklet_nms as nms
+
+    return nms(tracklets, nms_cfg)
+
+
+def ground(grounder: Any, video: Video, expressions: Sequence[Expression], tracklets: pa.Table) -> pa.Table:
+    return grounder.ground(video, tracklets, list(expressions))
+
+
+def concat_grounding(tables: Sequence[pa.Table]) -> pa.Table:
+    """Every variant's grounding rows of one video, in a fixed order (variant-major)."""
+    if not tables:
+        return GROUNDING_SCHEMA.empty_table()
+    t = pa.concat_tables(list(tables)).combine_chunks()
+    return t.sort_by([(k, "ascending") for k in ("exp_id", "variant", "frame", "tracklet_id")])
+
+
+def ensemble(grounding: pa.Table, ens_cfg: Mapping[str, Any]) -> pa.Table:
+    from rvos_ray.stages.ensemble import Ensembler
+
+    return Ensembler(ens_cfg).combine(grounding)
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring and submission
+# --------------------------------------------------------------------------------------------
+
+
+def write_submission_video(submission_dir: str, video: Video, tracklets: pa.Table, prediction: pa.Table,
+                           expressions: Sequence[Expression]) -> int:
+    """``Annotations/<vid>/<exp_id>/<frame>.png`` (0/255) for every expression and frame."""
+    from rvos_ray.data.submission import write_predictions
+
+    return write_predictions(submission_dir, tracklets, prediction, video, expressions)
+
+
+def write_submission_zip(submission_dir: str, zip_uri: str) -> int:
+    from rvos_ray.data.submission import zip_submission
+
+    return zip_submission(submission_dir, zip_uri)

@@ -1,0 +1,99 @@
+"""The in-process executor over the tiny config: every output of a run, resume, failures."""
+
+import json
+import zipfile
+
+import pyarrow.parquet as pq
+import pytest
+
+from _runtime_support import VIDEOS, assert_same_results, copy_data, corrupt_video, make_data, tiny_cfg
+from rvos_ray.registry import ConfigError
+from rvos_ray.runtime.local_exec import run_local
+from rvos_ray.runtime.pipeline import STAGES
+from rvos_ray.runtime.run_dir import RunDir
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="module")
+def clean_run(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("local") / "run"
+    summary = run_local(tiny_cfg(data, run), progress=False)
+    return run, summary
+
+
+def test_a_run_writes_every_output(clean_run):
+    run, s = clean_run
+    assert (s["videos"], s["done"], s["skipped"], s["failed"]) == (VIDEOS, VIDEOS, 0, 0)
+    assert json.loads((run / "summary.json").read_text())["done"] == VIDEOS
+    assert (run / "config.yaml").is_file()
+    rd = RunDir(str(run))
+    vids = sorted(rd.done_videos())
+    assert len(vids) == VIDEOS
+    preds = pq.read_table(run / "predictions.parquet")
+    metrics = pq.read_table(run / "metrics.parquet")
+    # one prediction and one metrics row per expression with tracklets; every expression scored
+    assert metrics.num_rows == s["scored_expressions"] > 0
+    assert preds.num_rows <= metrics.num_rows
+    assert 0.0 <= s["J&F"] <= 1.0
+    # submission: one PNG per expression and frame of every video, Annotations/ at the zip root
+    with zipfile.ZipFile(run / "submission.zip") as zf:
+        names = zf.namelist()
+    pngs = sum(rd.done_record(v)["pngs"] for v in vids)
+    assert len(names) == pngs > 0 and all(n.startswith("Annotations/") for n in names)
+    # every stage logged start/end for every video
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    for v in vids:
+        stages = {e["stage"] for e in events if e.get("video_id") == v and "end" in e}
+        assert stages == set(STAGES), (v, stages)
+        assert all(e["end"] >= e["start"] for e in events if "end" in e)
+    # the NMS keeps at most P tracklets of the propagated ones
+    for v in vids:
+        rec = rd.done_record(v)
+        assert 0 < rec["kept"] <= min(rec["tracklets"], 10)
+
+
+def test_rerun_skips_finished_videos_with_identical_results(clean_run, data, tmp_path):
+    run, _ = clean_run
+    again = copy_data(run, tmp_path / "again")
+    s = run_local(tiny_cfg(data, again), progress=False)
+    assert (s["done"], s["skipped"], s["failed"]) == (0, VIDEOS, 0)
+    assert_same_results(run, again)
+
+    # an interrupted video (no done.json) is redone, the others skipped
+    rd = RunDir(str(again))
+    victim = sorted(rd.done_videos())[1]
+    (again / "videos" / victim / "done.json").unlink()
+    s = run_local(tiny_cfg(data, again), progress=False)
+    assert (s["done"], s["skipped"]) == (1, VIDEOS - 1)
+    assert_same_results(run, again)
+
+
+def test_resume_with_other_settings_is_refused(clean_run, data, tmp_path):
+    run, _ = clean_run
+    again = copy_data(run, tmp_path / "again")
+    with pytest.raises(ConfigError, match="nms.iou_threshold"):
+        run_local(tiny_cfg(data, again, "nms.iou_threshold=0.9"), progress=False)
+
+
+def test_unreadable_frames_give_a_failure_record_and_the_rest_is_scored(clean_run, data, tmp_path):
+    bad = copy_data(data, tmp_path / "bad")
+    vid = corrupt_video(bad)
+    run = tmp_path / "run"
+    s = run_local(tiny_cfg(bad, run), progress=False)
+    assert (s["done"], s["failed"]) == (VIDEOS - 1, 1)
+    [f] = s["failures"]
+    assert f["video_id"] == vid and f["stage"] == "segmentation" and f["error"] == "DataError"
+    assert "cannot read frame" in f["message"]
+    failures = pq.read_table(run / "failures.parquet").to_pylist()
+    assert [r["video_id"] for r in failures] == [vid]
+    metrics = pq.read_table(run / "metrics.parquet")
+    assert set(metrics.column("video").to_pylist()) == set(RunDir(str(run)).done_videos())
+    assert vid not in set(metrics.column("video").to_pylist())
+    # the other videos' results are those of the clean run
+    ref = pq.read_table(clean_run[0] / "metrics.parquet")
+    keep = [i for i, v in enumerate(ref.column("video").to_pylist()) if v != vid]
+    assert ref.take(keep).equals(metrics)
