@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune-segmenter": ("rvos_ray.training.finetune_segmenter", "finetune an mmdet segmenter (CondInst) on a split"),
     "run": ("rvos_ray.runtime.run_cli", "run a whole split (local Ray, a cluster, or in-process); resumes"),
     "report": ("rvos_ray.telemetry.report_cli", "write a run's self-contained HTML report (throughput, latency, scores)"),
+    "demo": ("rvos_ray.demo", "the whole pipeline on local Ray with the shipped small models: J&F, throughput, report"),
 }
 
 
