@@ -15,7 +15,9 @@ from rvos_ray.runtime.run_dir import RunDir
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rvos-ray report", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p = argparse.ArgumentParser(prog="rvos-ray report", description=(
+        "Write a run's self-contained HTML report (per-stage throughput, latency, stage time per video, "
+        "J/F/J&F, worst expressions with thumbnails, config, environment)."))
     p.add_argument("run_dir", help="the run directory (local path or URI)")
     p.add_argument("--out", default=None, help="where to write the HTML (default: RUN_DIR/report.html)")
     p.add_argument("--worst", type=int, default=10, help="how many worst expressions to show (default 10)")
