@@ -22,7 +22,7 @@ def test_rates_per_stage_and_videos_per_wall_second():
     assert r.rates() == {"segmentation": 5.0, "nms": 1000.0}
     assert r.videos_per_s() == 0.2
     assert r.bottleneck() == "segmentation"
-    assert r.postfix() == "0.20 video/s | seg 5.0 f/s  nms 1.0k f/s"
+    assert r.postfix() == "0.2 video/s | seg 5.0 f/s  nms 1.0k f/s"
 
 
 def test_number_format():

@@ -56,7 +56,7 @@ class StageRates:
         if not self.videos:
             return ""
         parts = [f"{ABBREV.get(s, s)} {_num(v)} f/s" for s, v in self.rates().items()]
-        return f"{self.videos_per_s():.2f} video/s | " + "  ".join(parts)
+        return f"{_num(self.videos_per_s())} video/s | " + "  ".join(parts)
 
 
 def _num(x: float) -> str:
