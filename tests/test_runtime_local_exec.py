@@ -1,4 +1,6 @@
-"""The in-process executor over the tiny config: every output of a run, resume, failures."""
+"""The in-process executor over the tiny config: every output of a run, resume, failures.
+
+The models are built once for the module; each run has its own run directory."""
 
 import json
 import zipfile
@@ -8,9 +10,11 @@ import pytest
 
 from _runtime_support import VIDEOS, assert_same_results, copy_data, corrupt_video, make_data, tiny_cfg
 from rvos_ray.registry import ConfigError
-from rvos_ray.runtime.local_exec import run_local
+from rvos_ray.runtime.local_exec import LocalStages, run_local
 from rvos_ray.runtime.pipeline import STAGES
 from rvos_ray.runtime.run_dir import RunDir
+
+pytestmark = pytest.mark.slow  # builds the tiny models (mmdet, CFBI+, grounders) and runs them
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +23,15 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def clean_run(data, tmp_path_factory):
+def stages(data, tmp_path_factory):
+    """The tiny models, built once for every run of the module."""
+    return LocalStages(tiny_cfg(data, tmp_path_factory.mktemp("models") / "run"))
+
+
+@pytest.fixture(scope="module")
+def clean_run(data, stages, tmp_path_factory):
     run = tmp_path_factory.mktemp("local") / "run"
-    summary = run_local(tiny_cfg(data, run), progress=False)
+    summary = run_local(tiny_cfg(data, run), progress=False, stages=stages)
     return run, summary
 
 
@@ -47,8 +57,8 @@ def test_a_run_writes_every_output(clean_run):
     # every stage logged start/end for every video
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     for v in vids:
-        stages = {e["stage"] for e in events if e.get("video_id") == v and "end" in e}
-        assert stages == set(STAGES), (v, stages)
+        seen = {e["stage"] for e in events if e.get("video_id") == v and "end" in e}
+        assert seen == set(STAGES), (v, seen)
         assert all(e["end"] >= e["start"] for e in events if "end" in e)
     # the NMS keeps at most P tracklets of the propagated ones
     for v in vids:
@@ -56,7 +66,7 @@ def test_a_run_writes_every_output(clean_run):
         assert 0 < rec["kept"] <= min(rec["tracklets"], 10)
 
 
-def test_rerun_skips_finished_videos_with_identical_results(clean_run, data, tmp_path):
+def test_rerun_skips_finished_videos_with_identical_results(clean_run, data, stages, tmp_path):
     run, _ = clean_run
     again = copy_data(run, tmp_path / "again")
     s = run_local(tiny_cfg(data, again), progress=False)
@@ -67,7 +77,7 @@ def test_rerun_skips_finished_videos_with_identical_results(clean_run, data, tmp
     rd = RunDir(str(again))
     victim = sorted(rd.done_videos())[1]
     (again / "videos" / victim / "done.json").unlink()
-    s = run_local(tiny_cfg(data, again), progress=False)
+    s = run_local(tiny_cfg(data, again), progress=False, stages=stages)
     assert (s["done"], s["skipped"]) == (1, VIDEOS - 1)
     assert_same_results(run, again)
 
@@ -79,11 +89,11 @@ def test_resume_with_other_settings_is_refused(clean_run, data, tmp_path):
         run_local(tiny_cfg(data, again, "nms.iou_threshold=0.9"), progress=False)
 
 
-def test_unreadable_frames_give_a_failure_record_and_the_rest_is_scored(clean_run, data, tmp_path):
+def test_unreadable_frames_give_a_failure_record_and_the_rest_is_scored(clean_run, data, stages, tmp_path):
     bad = copy_data(data, tmp_path / "bad")
     vid = corrupt_video(bad)
     run = tmp_path / "run"
-    s = run_local(tiny_cfg(bad, run), progress=False)
+    s = run_local(tiny_cfg(bad, run), progress=False, stages=stages)
     assert (s["done"], s["failed"]) == (VIDEOS - 1, 1)
     [f] = s["failures"]
     assert f["video_id"] == vid and f["stage"] == "segmentation" and f["error"] == "DataError"

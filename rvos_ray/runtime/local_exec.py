@@ -104,15 +104,19 @@ class _stage:
         return False
 
 
-def run_local(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the split in this process; returns the summary (also in ``summary.json``)."""
+def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None = None) -> dict[str, Any]:
+    """Run the split in this process; returns the summary (also in ``summary.json``).
+
+    ``stages``: models already built (by :class:`LocalStages` for a config with the same model
+    sections), reused instead of building them again, e.g. across runs of a test."""
     rd = resume.start_run(cfg)
     works = pl.list_work(cfg)
     p = resume.plan(rd, works, cfg.run.resume)
     out = resume.Outcome(executor="local")
     out.event("run_start", videos=len(works), todo=len(p.todo), skipped=len(p.skipped))
     t0 = time.perf_counter()
-    stages = LocalStages(cfg) if p.todo else None
+    if stages is None and p.todo:
+        stages = LocalStages(cfg)
     out.timings["setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     bar = tqdm(total=len(p.todo), desc="videos", unit="video", disable=not progress)

@@ -55,11 +55,10 @@ RAY_ENV = {
     # Ray refuses multi-node clusters on Windows/macOS unless this is set; keep that refusal.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
-#: set (unless the user did) only for a local Ray this driver starts. Its ports listen on
-#: 127.0.0.1, but any local user could still connect and run code; token authentication
-#: (token in ~/.ray/auth_token, created on first use, read by `ray job submit` too) closes
-#: that. A cluster we join keeps its own mode: the user's environment must match it.
-LOCAL_AUTH_MODE = "token"
+# Authentication (RAY_AUTH_MODE) is read by Ray when it is imported, so it is chosen before
+# that: `rvos-ray run` sets token mode for the local Ray it starts (run_cli.LOCAL_AUTH_MODE),
+# and a cluster we join keeps its own mode (the job's or the user's environment). A library
+# caller that leaves it unset gets Ray's own default for a new local Ray: token mode too.
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,7 +81,6 @@ def init_ray(cfg: DictConfig, address: str | None = None) -> bool:
     if addr:
         ray.init(address=addr, log_to_driver=bool(cfg.ray.log_to_driver))
         return True
-    os.environ.setdefault("RAY_AUTH_MODE", LOCAL_AUTH_MODE)
     num_cpus = cfg.ray.num_cpus
     ray.init(
         # "local": always a new Ray; address=None would join any head `ray start` left running.

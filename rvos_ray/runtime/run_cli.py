@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -31,6 +32,14 @@ def build_parser(prog: str = "rvos-ray run", description: str | None = None) -> 
     return p
 
 
+#: RAY_AUTH_MODE for the local Ray a run starts (unless the user set one). Its ports listen on
+#: 127.0.0.1 only, but any user of this machine could still connect and run code as you; token
+#: authentication closes that (the token is ~/.ray/auth_token, created on first use and read by
+#: `ray job submit` and the dashboard too). Ray reads the mode when it is imported, so it is set
+#: here, before that. A cluster we join (--address, ray.address, RAY_ADDRESS) keeps its own mode.
+LOCAL_AUTH_MODE = "token"
+
+
 def run_from_args(args: argparse.Namespace, forced_overrides: list[str] | None = None) -> dict[str, Any]:
     """Load the config (``forced_overrides`` applied after the user's) and run it."""
     cfg = load_config(args.config, [*args.overrides, *(forced_overrides or [])])
@@ -38,6 +47,9 @@ def run_from_args(args: argparse.Namespace, forced_overrides: list[str] | None =
         from rvos_ray.runtime.local_exec import run_local
 
         return run_local(cfg, progress=not args.no_progress)
+    joins = args.address or str(cfg.ray.address or "") or os.environ.get("RAY_ADDRESS")
+    if not joins:
+        os.environ.setdefault("RAY_AUTH_MODE", LOCAL_AUTH_MODE)
     from rvos_ray.runtime.ray_exec import run_ray
 
     return run_ray(cfg, address=args.address, progress=not args.no_progress)
