@@ -245,3 +245,24 @@ def test_sweep_with_a_searcher_writes_the_best_settings_as_a_run_config(run, loc
         assert best.ensemble.mode == best_row["ensemble.mode"]
     else:
         assert dict(best.ensemble.weights) == {} and best.ensemble.temperature == 1.0
+
+
+def test_pair_metrics_are_reused_and_refreshed_when_a_video_is_redone(run, cache):
+    import pyarrow as pa
+
+    from rvos_ray.sweep.cache import PAIR_FILE, PAIR_SCHEMA
+
+    run_dir, summary = run
+    path = run_dir / PAIR_FILE
+    again = load_cache(str(run_dir))
+    assert again.timings["pair_videos_computed"] == 0 and again.pairs == cache.pairs
+    # a stale copy (as if the first video had been finished at another time) is recomputed
+    t = pq.read_table(path)
+    vid = cache.works[0].video_id
+    stamp = [x + 1.0 if v == vid else x for v, x in zip(t.column("video").to_pylist(), t.column("finished_at").to_pylist())]
+    j = [0.0 if v == vid else x for v, x in zip(t.column("video").to_pylist(), t.column("J").to_pylist())]
+    t = t.set_column(t.schema.get_field_index("finished_at"), "finished_at", pa.array(stamp, pa.float64()))
+    pq.write_table(t.set_column(t.schema.get_field_index("J"), "J", pa.array(j, pa.float64())).cast(PAIR_SCHEMA), path)
+    fixed = load_cache(str(run_dir))
+    assert fixed.timings["pair_videos_computed"] == 1 and fixed.pairs == cache.pairs
+    assert cache_trial(fixed, {})["J&F"] == summary["J&F"]

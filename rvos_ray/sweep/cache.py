@@ -37,7 +37,7 @@ from rvos_ray.data import io as fio
 from rvos_ray.registry import ConfigError
 from rvos_ray.runtime import pipeline as pl
 from rvos_ray.runtime.run_dir import RunDir, table_bytes, table_from_bytes
-from rvos_ray.types import GROUNDING_SCHEMA, PREDICTION_SCHEMA
+from rvos_ray.types import GROUNDING_SCHEMA, PREDICTION_SCHEMA, SchemaError
 
 __all__ = ["PAIR_SCHEMA", "NO_PREDICTION", "RunCache", "load_run_config", "load_cache", "pair_metrics_for_video"]
 
@@ -51,9 +51,11 @@ PAIR_SCHEMA = pa.schema(
         ("J", pa.float64()),
         ("F", pa.float64()),
         ("n_frames", pa.int32()),
+        ("finished_at", pa.float64()),
     ]
 )
-"""J and F of one expression if it picked one tracklet (``NO_PREDICTION``: an empty mask)."""
+"""J and F of one expression if it picked one tracklet (``NO_PREDICTION``: an empty mask).
+``finished_at`` is the video's ``done.json`` time: rows of a video redone since are stale."""
 
 PAIR_FILE = "sweeps/pair_metrics.parquet"
 
@@ -110,7 +112,7 @@ def load_run_config(rd: RunDir) -> DictConfig:
 
 
 def pair_metrics_for_video(cfg: dict[str, Any], work: pl.VideoWork, tracklets: pa.Table,
-                           tracklet_ids: Sequence[int]) -> pa.Table:
+                           tracklet_ids: Sequence[int], finished_at: float = 0.0) -> pa.Table:
     """PAIR_SCHEMA rows of one video: every expression scored as if it picked each of
     ``tracklet_ids`` (``NO_PREDICTION`` included by the caller when wanted)."""
     cols: dict[str, list] = {k: [] for k in PAIR_SCHEMA.names}
@@ -131,6 +133,7 @@ def pair_metrics_for_video(cfg: dict[str, Any], work: pl.VideoWork, tracklets: p
         cols["J"] += m["J"]
         cols["F"] += m["F"]
         cols["n_frames"] += m["n_frames"]
+        cols["finished_at"] += [float(finished_at)] * len(m["video"])
     return pa.table(cols, schema=PAIR_SCHEMA)
 
 
@@ -177,7 +180,7 @@ def load_cache(
     t0 = time.perf_counter()
     pairs_table, computed = _pair_metrics(rd, c, works, g, map_videos, log)
     pairs = {(v, e, int(t)): (j, f, int(n)) for v, e, t, j, f, n in zip(*(pairs_table.column(k).to_pylist()
-                                                                          for k in PAIR_SCHEMA.names))}
+                                                                          for k in PAIR_SCHEMA.names[:6]))}
     pair_s = time.perf_counter() - t0
     run_scores = _run_scores(rd, cfg, works)
     return RunCache(
@@ -192,7 +195,17 @@ def _pair_metrics(rd: RunDir, c: dict, works: list[pl.VideoWork], grounding: pa.
                   map_videos: Callable | None, log: Callable[[str], None]) -> tuple[pa.Table, int]:
     """Stored pair metrics plus those missing for these videos' grounded tracklets."""
     path = rd.path(PAIR_FILE)
-    stored = table_from_bytes(fio.read_bytes(path), PAIR_SCHEMA, path) if fio.exists(path) else PAIR_SCHEMA.empty_table()
+    stored = PAIR_SCHEMA.empty_table()
+    if fio.exists(path):
+        try:
+            stored = table_from_bytes(fio.read_bytes(path), PAIR_SCHEMA, path)
+        except SchemaError as e:  # written by another version: recompute rather than trust it
+            log(f"{path}: {e}; scoring the pairs again")
+    stamps = {w.video_id: float(rd.done_record(w.video_id)["finished_at"]) for w in works}
+    # a video finished again since its pairs were scored (run.resume=false) has other tracklets
+    fresh = [stamps.get(v, t) == t for v, t in zip(stored.column("video").to_pylist(),
+                                                 stored.column("finished_at").to_pylist())]
+    stored = stored.filter(pa.array(fresh, pa.bool_()))
     have: dict[str, set[int]] = {}
     for v, t in set(zip(stored.column("video").to_pylist(), stored.column("tracklet_id").to_pylist())):
         have.setdefault(v, set()).add(int(t))
@@ -207,7 +220,7 @@ def _pair_metrics(rd: RunDir, c: dict, works: list[pl.VideoWork], grounding: pa.
     if not todo:
         return stored, 0
     log(f"scoring every (expression, tracklet) pair of {len(todo)} videos once (kept in {path})")
-    items = [(c, w, rd.uri, ids) for w, ids in todo]
+    items = [(c, w, rd.uri, ids, stamps[w.video_id]) for w, ids in todo]
     parts = (map_videos or (lambda fn, xs: [fn(x) for x in xs]))(pair_metrics_task, items)
     table = pa.concat_tables([stored, *parts]).sort_by([("video", "ascending"), ("exp_id", "ascending"),
                                                          ("tracklet_id", "ascending")])
@@ -218,9 +231,9 @@ def _pair_metrics(rd: RunDir, c: dict, works: list[pl.VideoWork], grounding: pa.
 def pair_metrics_task(item: tuple) -> pa.Table:
     """One video's missing pair metrics (a unit of work a Ray task can run: reads its own
     ``tracklets_all`` from the run directory)."""
-    c, work, run_uri, ids = item
+    c, work, run_uri, ids, finished_at = item
     tracklets = RunDir(run_uri).read_table(work.video_id, "tracklets_all")
-    return pair_metrics_for_video(c, work, tracklets, ids)
+    return pair_metrics_for_video(c, work, tracklets, ids, finished_at)
 
 
 def _run_scores(rd: RunDir, cfg: DictConfig, works: list[pl.VideoWork]) -> dict[str, float]:
