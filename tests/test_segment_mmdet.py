@@ -121,3 +121,12 @@ def test_missing_checkpoint_is_a_data_error(tmp_path):
 
     with pytest.raises(DataError, match="missing.pth"):
         build("condinst", checkpoint=str(tmp_path / "missing.pth"))
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    from rvos_ray.data.errors import DataError
+
+    path = tmp_path / "htc.pth"
+    torch.save({"state_dict": build("htc").model.state_dict()}, path)  # HTC weights, CondInst config
+    with pytest.raises(DataError, match="does not fit config"):
+        build("condinst", checkpoint=str(path))

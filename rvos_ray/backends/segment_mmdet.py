@@ -97,6 +97,22 @@ def read_checkpoint(source: str) -> dict:
         raise DataError(f"mmdet segmenter: cannot load checkpoint {source}: {e}") from e
 
 
+def _check_state(expected: dict, state: dict, checkpoint: str, config: str) -> None:
+    """A checkpoint must cover every weight of the model with the right shape: a partial load
+    would silently leave random weights. Extra keys (training-only buffers) are tolerated."""
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or wrong:
+        detail = (f"{len(missing)} weights missing (first: {missing[:3]})" if missing else "") + (
+            f"{'; ' if missing else ''}{len(wrong)} of another shape (first: {wrong[:2]})" if wrong else ""
+        )
+        raise DataError(f"mmdet segmenter: checkpoint {checkpoint} does not fit config {config}: {detail}")
+
+
 def _set_test_thresholds(model_cfg: Any, score_threshold: float, mask_threshold: float, max_per_frame: int) -> None:
     """Write our thresholds into the model's test_cfg so it does not drop candidates first.
 
@@ -158,6 +174,7 @@ class MMDetSegmenter:
             ckpt = read_checkpoint(options.checkpoint)
             state = ckpt.get("state_dict", ckpt)
             state = {k.removeprefix("module."): v for k, v in state.items()}
+            _check_state(model.state_dict(), state, options.checkpoint, options.config)
             load_state_dict(model, state, strict=False, logger="current")
         else:
             log.warning("segmenter %r: no checkpoint given, the model is randomly initialised", source)
