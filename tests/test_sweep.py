@@ -214,6 +214,9 @@ def test_sweep_cli_smoke_writes_leaderboard_and_best_config(run, local_ray, caps
     assert len(lb) == 5 and (sweep_dir / "leaderboard.csv").read_text().count("\n") == 6
     assert {"J", "F", "J&F", "time_s", "ensemble.variants", "nms.max_tracklets"} <= set(lb.columns)
     assert list(lb["J&F"]) == sorted(lb["J&F"], reverse=True)
+    # the first grid point is the run's own settings: inside Tune too it reproduces the run exactly
+    same = lb[(lb["ensemble.variants"] == "bad+good+noisy") & (lb["ensemble.mode"] == "mean")]
+    assert len(same) == 1 and same["J&F"].item() == summary["J&F"] and same["grounding_exact"].item()
     cache_rows = lb[lb["kind"] == "cache"]
     assert (cache_rows["model_calls"] == 0).all() and not cache_rows["torch_loaded"].any()
     assert lb.loc[lb["kind"] == "baseline", "J&F"].item() == summary["J&F"]

@@ -204,7 +204,8 @@ def _subsets(spec: Any, variants: list[str], where: str) -> Axis:
             not all(isinstance(s, int) and 1 <= s <= len(variants) for s in sizes):
         raise ConfigError(f"{where}: space.ensemble.variants.subsets: 'all' or sizes in 1..{len(variants)} "
                           f"(the run has variants {variants}), got {spec!r}")
-    subsets = [list(c) for s in sizes for c in itertools.combinations(variants, s)]
+    # largest first: the full ensemble (the paper's setting) leads the grid
+    subsets = [list(c) for s in sorted(sizes, reverse=True) for c in itertools.combinations(variants, s)]
     return Axis("ensemble.variants", "grid", tuple(subsets))
 
 
