@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def propagator(checkpoint: str):
     from rvos_ray.stages.propagate import build_propagator
 
-    options = {"checkpoint": checkpoint, "long_edge": 160, "device": "cpu", "num_threads": 1, "candidate_batch": 8}
+    options = {"checkpoint": checkpoint, "long_edge": 320, "device": "cpu", "num_threads": 1, "candidate_batch": 8}
     return build_propagator({"backend": "cfbi", "options": options})
 
 

@@ -99,3 +99,27 @@ def test_train_checkpoints_resume_and_load_into_the_propagator(shapes, tmp_path)
     prop = build_propagator({"backend": "cfbi", "options": {"checkpoint": str(tmp_path / "a" / "model.pt"),
                                                             "long_edge": 48, "device": "cpu"}})
     assert prop.model.cfg.embed_dim == 32
+
+
+def test_sequential_training_swaps_in_the_own_prediction_per_clip():
+    from rvos_ray.models.cfbi import CFBIPlus
+
+    cfg = load_train_config(TINY, [])
+    torch.manual_seed(0)
+    model = CFBIPlus(cfg.model).eval()  # eval: no dropout, so two calls are comparable
+    g = torch.Generator().manual_seed(1)
+    imgs = [torch.rand(2, 3, 32, 48, generator=g) for _ in range(3)]
+    ref_m = torch.zeros(2, 1, 32, 48)
+    ref_m[:, :, 8:20, 10:30] = 1.0
+    prev_m = torch.zeros(2, 1, 32, 48)  # a wrong previous mask: empty
+    with torch.no_grad():
+        plain = model(*imgs, ref_m, prev_m)
+        mixed = model(*imgs, ref_m, prev_m, torch.tensor([False, True]))
+        feats = model.encode(torch.cat(imgs, 0))
+        ref, prev, cur = (feats.select(slice(2 * i, 2 * i + 2)) for i in range(3))
+        own = (torch.nn.functional.interpolate(model.decode(prev, ref, ref_m, ref, ref_m), size=(32, 48),
+                                               mode="bilinear") > 0).float()
+        want = model.decode(cur, ref, ref_m, prev, own)
+        want = torch.nn.functional.interpolate(want, size=(32, 48), mode="bilinear", align_corners=False)
+    assert torch.allclose(mixed[0], plain[0])  # clip 0 keeps the given previous mask
+    assert torch.allclose(mixed[1], want[1], atol=1e-5)  # clip 1 uses the network's own prediction

@@ -277,15 +277,35 @@ class CFBIPlus(nn.Module):
         return torch.stack([cand, comp], 2).flatten(0, 2)
 
     def forward(
-        self, ref_images: Tensor, prev_images: Tensor, cur_images: Tensor, ref_masks: Tensor, prev_masks: Tensor
+        self,
+        ref_images: Tensor,
+        prev_images: Tensor,
+        cur_images: Tensor,
+        ref_masks: Tensor,
+        prev_masks: Tensor,
+        predict_prev: Tensor | None = None,
     ) -> Tensor:
         """Training path: B clips of (reference, previous, current), one encoder pass over all
-        3B frames. Masks (B, K, H, W). Returns current-frame logits (B, K, H, W)."""
+        3B frames. Masks (B, K, H, W). Returns current-frame logits (B, K, H, W).
+
+        ``predict_prev`` (B,) bool: for those clips the previous mask is replaced by the
+        network's own thresholded prediction of the previous frame (from the reference, without
+        gradient), as in CFBI's sequential training, so it learns to recover from its errors."""
         b = ref_images.shape[0]
         feats = self.encode(torch.cat([ref_images, prev_images, cur_images], 0))
         ref, prev, cur = (feats.select(slice(i * b, (i + 1) * b)) for i in range(3))
+        if predict_prev is not None and bool(predict_prev.any()):
+            with torch.no_grad():
+                r, p = _detached(ref), _detached(prev)
+                own = self.decode(p, r, ref_masks, r, ref_masks)
+                own = (F.interpolate(own, size=prev_masks.shape[-2:], mode="bilinear") > 0).to(prev_masks.dtype)
+            prev_masks = torch.where(predict_prev[:, None, None, None], own, prev_masks)
         logits = self.decode(cur, ref, ref_masks, prev, prev_masks)
         return F.interpolate(logits, size=cur_images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _detached(f: Features) -> Features:
+    return Features(tuple(e.detach() for e in f.embeddings), f.low_level.detach())
 
 
 def _window_order(windows: list[int]) -> list[int]:

@@ -9,10 +9,15 @@ binary problem (object vs. everything else), as the propagator runs it. Per clip
 * previous frame i and current frame i + g, g uniform in 1..``max_gap`` (annotated frames);
 * reference frame uniform in 0..i: the keyframe may be far from the frames being segmented;
 * an object visible in the reference frame (at least ``min_pixels`` pixels there);
+* the three frames scaled alike (short edge to ``short_edge``, 0 = as stored, times a random
+  factor in ``scale_range``) and cropped alike to ``input_size`` (CFBI trains on crops: 465x465
+  of 480p frames), the crop placed so that it holds a pixel of the object in the reference
+  frame; frames smaller than the crop are scaled up to cover it;
 * a horizontal flip of all three frames with probability ``flip``.
 
-Frames are resized to the training input size with the propagator's own preprocessing.
-Sampling is a pure function of the ``numpy`` generator it is given.
+Training on crops at the inference resolution keeps the stride-4 output fine enough for small
+objects while a step costs only the crop. Sampling is a pure function of the ``numpy``
+generator it is given.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ class ClipDataConfig:
     root: str = "data/shapes"  # dataset root (Ref-YouTube-VOS / YouTube-VOS layout), path or URI
     split: str = "train"
     videos: Any = None  # None (all), a count, or a list of video ids
-    input_size: list[int] = field(default_factory=lambda: [96, 160])  # (h, w) model input, x16
+    input_size: list[int] = field(default_factory=lambda: [96, 160])  # (h, w) crop fed to the model, x16
+    short_edge: int = 0  # frames scaled so their short edge is this before cropping; 0 = as stored
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # extra random scale
     max_gap: int = 3  # previous -> current distance in annotated frames
     reverse: float = 0.5  # probability of a backward clip
     flip: float = 0.5  # probability of a horizontal flip
@@ -96,17 +103,24 @@ class ClipSampler:
         else:
             raise DataError(f"{cfg.root}: no object with >= {cfg.min_pixels} pixels in 50 sampled clips")
         obj = ok[int(rng.integers(len(ok)))]
+        h, w = ref_lab.shape
+        scale = (cfg.short_edge / min(h, w) if cfg.short_edge else 1.0) * rng.uniform(*cfg.scale_range)
+        ch, cw = self.size
+        scale = max(scale, ch / h, cw / w)  # the scaled frame covers the crop
+        sh, sw = max(ch, int(round(h * scale))), max(cw, int(round(w * scale)))
+        ys, xs = np.nonzero(ref_lab == obj)
+        i = int(rng.integers(len(ys)))
+        py, px = int(ys[i] * sh / h), int(xs[i] * sw / w)  # an object pixel, in scaled coordinates
+        y0 = int(np.clip(py - rng.integers(0, ch), 0, sh - ch))
+        x0 = int(np.clip(px - rng.integers(0, cw), 0, sw - cw))
         out = {}
-        for key, t, lab in (
-            ("ref", ref, ref_lab),
-            ("prev", prev, None),
-            ("cur", cur, None),
-        ):
+        for key, t, lab in (("ref", ref, ref_lab), ("prev", prev, None), ("cur", cur, None)):
             if lab is None:
                 lab = self.ds.label_map(vid, names[t])
-            out[key] = preprocess(read_image(paths[t]), self.size)[0]
-            mask = torch.from_numpy((lab == obj).astype(np.float32))
-            out[key + "_mask"] = downsample_masks(mask, self.size)
+            image = preprocess(read_image(paths[t]), (sh, sw))[0]
+            mask = downsample_masks(torch.from_numpy((lab == obj).astype(np.float32)), (sh, sw))
+            out[key] = image[:, y0 : y0 + ch, x0 : x0 + cw]
+            out[key + "_mask"] = mask[y0 : y0 + ch, x0 : x0 + cw]
         if rng.random() < cfg.flip:
             out = {k: v.flip(-1) for k, v in out.items()}
         return out

@@ -4,7 +4,9 @@ Trains a CFBI+ propagator with the CFBI recipe: clips of (reference, previous, c
 (:mod:`rvos_ray.training.propagator_clips`), one encoder pass over all frames of a batch, and
 the hard-pixel bootstrapped cross-entropy: per clip, the mean of the top-k pixel losses, k
 annealed linearly from 100% to ``topk_final`` (15%) of the pixels over ``topk_anneal_steps``
-(default: the first half of training). Optimiser Adam or SGD (momentum, weight decay), linear
+(default: the first half of training); sequential training from ``sequential_from`` (the
+previous mask is the network's own prediction of the previous frame, made from the reference
+in the same step, instead of the ground truth). Optimiser Adam or SGD (momentum, weight decay), linear
 warm-up then poly decay, gradient clipping.
 
 Outputs in ``work_dir`` (local path or URI), written atomically:
@@ -55,6 +57,10 @@ class TrainPropagatorConfig:
     grad_clip: float = 5.0  # max L2 norm of all gradients; 0 = off
     topk_final: float = 0.15  # hard-pixel fraction at the end of the annealing
     topk_anneal_steps: int = 0  # steps to anneal 100% -> topk_final; 0 = steps // 2
+    # CFBI's sequential training: from this step on (-1 = never), with probability
+    # ``sequential_prob`` per clip, the previous mask is the network's own prediction
+    sequential_from: int = -1
+    sequential_prob: float = 1.0
     checkpoint_every: int = 1000
     log_every: int = 50
     resume: bool = True  # continue from work_dir/last.pt when it exists
@@ -167,8 +173,12 @@ def train(cfg: TrainPropagatorConfig, log=print, stop_after: int | None = None) 
         batch = {k: v.to(device) for k, v in batch.items()}
         for g in opt.param_groups:
             g["lr"] = learning_rate(step, cfg)
+        own_prev = None
+        if 0 <= cfg.sequential_from <= step:
+            draw = np.random.default_rng([cfg.seed, step, 1]).random(cfg.batch_size) < cfg.sequential_prob
+            own_prev = torch.from_numpy(draw).to(device)
         logits = model(batch["ref"], batch["prev"], batch["cur"],
-                       batch["ref_mask"][:, None], batch["prev_mask"][:, None])[:, 0]
+                       batch["ref_mask"][:, None], batch["prev_mask"][:, None], own_prev)[:, 0]
         frac = topk_fraction(step, cfg)
         loss = hard_pixel_loss(logits, batch["cur_mask"], frac)
         opt.zero_grad(set_to_none=True)
