@@ -153,6 +153,7 @@ class TrainGrounderConfig:
     weight_decay: float = 1e-4
     max_candidates: int = 10  # P: candidates kept per image / video
     max_steps_per_epoch: int = 0  # 0: a full pass over the clips
+    val_every: int = 1  # score the val sets every n epochs (and after the last)
     checkpoints_to_keep: int = 2
     seed: int = 0
     pretrain: GrounderPhaseConfig = field(

@@ -19,6 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Ray reads these when first imported; the local Ray that train-grounder starts uses tokens.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")  # busy machines start slowly
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
 
 VARIANT = {
     "name": "tiny",

@@ -127,6 +127,9 @@ def _ray_init(cfg) -> None:
     address = str(cfg.ray.address or "") or os.environ.get("RAY_ADDRESS", "")
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # a busy machine can take longer than Ray's defaults to start the node's agents
+        os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
+        os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     import ray
 
     if ray.is_initialized():
@@ -135,8 +138,17 @@ def _ray_init(cfg) -> None:
         ray.init(address=address)
         return
     n = cfg.ray.num_cpus
-    ray.init(num_cpus=None if n is None else int(n), include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=False)
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=None if n is None else int(n), include_dashboard=False,
+                     _node_ip_address="127.0.0.1", log_to_driver=False)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for a slow node start
+            # On an overloaded machine the node's agents can miss Ray's fixed 30 s start window.
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+            print(f"[train-grounder] local Ray did not start in time ({e}); retrying", flush=True)
+            ray.shutdown()
 
 
 def train(cfg, variant: str = "") -> dict[str, Any]:
@@ -172,7 +184,7 @@ def train(cfg, variant: str = "") -> dict[str, Any]:
             "entry": entry, "init": init, "train_cache": train_cache, "val_cache": val_cache,
             "lr": float(pc.lr), "epochs": int(pc.epochs), "batch_size": int(tc.batch_size),
             "frames_per_clip": int(tc.frames_per_clip), "weight_decay": float(tc.weight_decay),
-            "max_steps": int(tc.max_steps_per_epoch), "seed": int(tc.seed),
+            "max_steps": int(tc.max_steps_per_epoch), "seed": int(tc.seed), "val_every": int(tc.val_every),
         }
         _ray_init(cfg)
         checkpoint = _fit(loop_cfg, tc, out / "ray", phase)
@@ -205,13 +217,25 @@ def _fit(loop_cfg: dict, tc, storage: Path, phase: str):
     )
     scaling = ray.train.ScalingConfig(num_workers=int(tc.num_workers), use_gpu=bool(tc.use_gpu),
                                       resources_per_worker={"CPU": float(tc.cpus_per_worker)})
-    latest = latest_checkpoint(storage / phase)
+    kwargs = {}
+    if not _train_v2():
+        # Ray Train v1 starts a run afresh; hand it the phase's latest checkpoint. (v2 resumes a
+        # run of the same name and storage path by itself.)
+        kwargs["resume_from_checkpoint"] = latest_checkpoint(storage / phase)
     trainer = TorchTrainer(_train_loop, train_loop_config=loop_cfg, scaling_config=scaling,
-                           run_config=run_config, resume_from_checkpoint=latest)
+                           run_config=run_config, **kwargs)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"train-grounder {phase}: Ray Train reported no checkpoint")
     return result.checkpoint
+
+
+def _train_v2() -> bool:
+    try:
+        from ray.train.v2._internal.constants import is_v2_enabled
+    except ImportError:
+        return False
+    return bool(is_v2_enabled())
 
 
 def latest_checkpoint(run_dir: Path):
@@ -291,7 +315,7 @@ def _train_loop(config: dict) -> None:
         order = list(range(n))
         random.Random(config["seed"] * 1000 + epoch).shuffle(order)
         rng = random.Random((config["seed"] * 1000 + epoch) * 64 + rank)
-        losses = []
+        losses, hits, rows = [], 0, 0
         for step in range(steps):
             # every worker takes the same number of steps (DDP); the shard wraps around
             ids = [order[(step * per_worker * world + rank + k * world) % n] for k in range(per_worker)]
@@ -303,11 +327,16 @@ def _train_loop(config: dict) -> None:
             loss.backward()
             opt.step()
             losses.append(float(loss))
+            # running accuracy on the sampled training frames (argmax is a target): free
+            pick = logits.detach().argmax(-1, keepdim=True)
+            hits += int(b["target"].gather(1, pick).sum())
+            rows += len(pick)
         metrics = {"epoch": epoch, "loss": sum(losses) / len(losses), "steps": steps,
+                   "train_frame_acc": hits / max(rows, 1),
                    "seconds": round(time.time() - t0, 2), "run_start_epoch": start}
         if rank == 0:
-            metrics.update({f"train_{k}": v for k, v in evaluate(model, train).items() if k == "acc_all"})
-            if val is not None:
+            last = epoch == config["epochs"] - 1
+            if val is not None and (last or (epoch + 1) % max(1, config["val_every"]) == 0):
                 metrics.update({f"val_{k}": v for k, v in evaluate(model, val).items()})
         history.append(metrics)
         with tempfile.TemporaryDirectory() as d:
