@@ -276,7 +276,6 @@ def _get(c: dict, dotted: str) -> Any:
     return c
 
 
-
 @dataclass
 class _Video:
     work: pl.VideoWork

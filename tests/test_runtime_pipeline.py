@@ -1,0 +1,110 @@
+"""The per-video plumbing of the pipeline, by hand: keyframe batches, the propagation plan and
+its tracklet ids, candidate slices, tracklet concatenation, the chosen masks the writer and
+scorer read."""
+
+import numpy as np
+import pytest
+
+from rvos_ray import masks
+from rvos_ray.registry import ConfigError
+from rvos_ray.runtime.pipeline import (
+    ChosenMasks,
+    PropagationCall,
+    VideoWork,
+    concat_tracklets,
+    keyframe_batches,
+    pool_call,
+    propagation_plan,
+    slice_candidates,
+    timed,
+)
+from rvos_ray.types import PREDICTION_SCHEMA, TRACKLET_SCHEMA, Candidates, Expression, Video, table_from_columns
+
+
+def video(n=14):
+    return Video("v", tuple(f"{i:05d}" for i in range(n)), tuple(f"/x/{i:05d}.jpg" for i in range(n)))
+
+
+def cands(frame, n, source="htc"):
+    m = np.zeros((4, 6), np.uint8)
+    return Candidates("v", frame, 4, 6, tuple(masks.encode(m) for _ in range(n)),
+                      tuple(0.5 for _ in range(n)), tuple(1 for _ in range(n)), (source,) * n)
+
+
+def test_keyframe_batches():
+    kf, batches = keyframe_batches(video(14), k=7, batch_size=3)
+    assert kf == [1, 3, 5, 7, 9, 11, 13]
+    assert batches == [[1, 3, 5], [7, 9, 11], [13]]
+    assert keyframe_batches(video(14), k=7, batch_size=0)[1] == [[f] for f in kf]  # at least 1
+
+
+def test_plan_numbers_tracklets_keyframe_by_keyframe():
+    # 5 candidates on keyframe 0, none on 1, 3 on 2; chunks of 2
+    plan = propagation_plan([5, 0, 3], chunk=2)
+    assert plan == [
+        PropagationCall(0, 0, 2, 0), PropagationCall(0, 2, 4, 2), PropagationCall(0, 4, 5, 4),
+        PropagationCall(2, 0, 2, 5), PropagationCall(2, 2, 3, 7),
+    ]
+    ids = [i for call in plan for i in call.tracklet_ids]
+    assert ids == list(range(8))  # every candidate once, no gaps
+    assert propagation_plan([0, 0], chunk=8) == []
+    with pytest.raises(ConfigError, match="candidates_per_call"):
+        propagation_plan([1], chunk=0)
+
+
+def test_slice_candidates_keeps_fields_aligned():
+    c = Candidates("v", 3, 4, 6, (b"a", b"b", b"c"), (0.1, 0.2, 0.3), (1, 2, 3), ("x", "y", "z"))
+    s = slice_candidates(c, 1, 3)
+    assert (s.rles, s.scores, s.labels, s.sources, s.frame) == ((b"b", b"c"), (0.2, 0.3), (2, 3), ("y", "z"), 3)
+
+
+def test_pooling_concatenates_models_in_order():
+    v = video(14)
+    per_model = [[[cands(1, 2, "htc"), cands(3, 1, "htc")]], [[cands(1, 1, "ci"), cands(3, 0, "ci")]]]
+    pooled, counts, ev = pool_call(v, [1, 3], per_model)
+    assert counts == [3, 1]
+    assert pooled[0].sources == ("htc", "htc", "ci")
+    assert ev["stage"] == "pooling" and ev["end"] >= ev["start"]
+    with pytest.raises(RuntimeError, match="expected keyframes"):
+        pool_call(v, [1, 5], per_model)
+
+
+def _tracklets(rows):
+    cols = {k: [] for k in TRACKLET_SCHEMA.names}
+    for tid, frame, source in rows:
+        m = np.zeros((4, 6), np.uint8)
+        m[0, tid] = 1
+        for k, val in (("video_id", "v"), ("tracklet_id", tid), ("keyframe", 0), ("source", source),
+                       ("det_score", 0.5), ("frame", frame), ("height", 4), ("width", 6),
+                       ("rle", masks.encode(m)), ("prob", 1.0)):
+            cols[k].append(val)
+    return table_from_columns(cols, TRACKLET_SCHEMA)
+
+
+def test_concat_tracklets_sorts_and_unifies_dictionaries():
+    a = _tracklets([(2, 1, "ci"), (2, 0, "ci")])
+    b = _tracklets([(0, 0, "htc"), (0, 1, "htc")])
+    t = concat_tracklets([a, b])
+    assert list(zip(t.column("tracklet_id").to_pylist(), t.column("frame").to_pylist())) == [(0, 0), (0, 1), (2, 0), (2, 1)]
+    assert t.column("source").to_pylist() == ["htc", "htc", "ci", "ci"]
+    assert concat_tracklets([]).num_rows == 0
+
+
+def test_chosen_masks_reads_the_predicted_tracklet_and_empty_elsewhere():
+    v = video(2)
+    work = VideoWork(v, (Expression("v", "0", "a", (1,)), Expression("v", "1", "b", (2,))))
+    t = _tracklets([(3, 0, "htc"), (3, 1, "htc"), (4, 0, "htc")])
+    pred = table_from_columns({"video_id": ["v"], "exp_id": ["0"], "tracklet_id": [4], "score": [0.9]},
+                              PREDICTION_SCHEMA)
+    cm = ChosenMasks(work, t, pred, 4, 6)
+    assert cm.read("v", "0", "00000")[0, 4] == 1 and cm.read("v", "0", "00000").sum() == 1
+    assert cm.read("v", "0", "00001").sum() == 0  # tracklet 4 has no row on frame 1
+    assert cm.read("v", "1", "00000").sum() == 0  # expression without a prediction row
+    assert cm.read("v", "0", "00000").shape == (4, 6)
+
+
+def test_timed_event():
+    out, ev = timed("nms", "v", "all", lambda: 42)
+    assert out == 42
+    assert {"video_id": "v", "stage": "nms", "item": "all"}.items() <= ev.items()
+    assert ev["end"] >= ev["start"] and ev["pid"] > 0
