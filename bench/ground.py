@@ -64,6 +64,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None, help="default: train_grounder.finetune.epochs")
     ap.add_argument("--out", default="runs/grounder-bench")
     ap.add_argument("--config", default=str(REPO / "configs/tiny.yaml"))
+    ap.add_argument("--eval-only", action="store_true",
+                    help="no training: score the variants already trained under --out")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out).absolute()
@@ -92,21 +94,27 @@ def main() -> int:
     cfg = {"ray": {"num_cpus": 2}, "grounding": {**base["grounding"], "variants": variants},
            "train_grounder": tg}
     cfg_path = out / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if not args.eval_only:
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     print(f"== training {len(variants)} variants with train-grounder ({args.videos} train videos, "
           f"{tg['finetune']['epochs']} epochs, {tg['num_workers']} Ray Train workers)")
+    if args.eval_only:
+        variants = [v for v in variants if (out / v["name"] / "grounder.pt").exists()]
     for v in variants:
         t = time.time()
-        train_grounder(["--config", str(cfg_path), "--variant", v["name"]])
+        if not args.eval_only:
+            train_grounder(["--config", str(cfg_path), "--variant", v["name"]])
+            figures[f"train_s[{v['name']}]"] = round(time.time() - t, 1)
         hist = json.loads((out / v["name"] / "finetune-metrics.json").read_text())
-        figures[f"train_s[{v['name']}]"] = round(time.time() - t, 1)
+        figures[f"train_epochs[{v['name']}]"] = len(hist)
         figures[f"train_epoch_s_mean[{v['name']}]"] = round(sum(m["seconds"] for m in hist) / len(hist), 2)
         figures[f"checkpoint_bytes[{v['name']}]"] = (out / v["name"] / "grounder.pt").stat().st_size
         v["checkpoint"] = str(out / v["name"] / "grounder.pt")
-    import ray
+    if not args.eval_only:
+        import ray
 
-    ray.shutdown()
+        ray.shutdown()
 
     print(f"== grounding {len(valid_ids)} valid videos with one stage holding all variants")
     reader = RefYTVOS(args.root, "valid")
