@@ -17,6 +17,11 @@ previous frame with each candidate's last prediction:
 
 Output: per candidate the foreground logit at stride 4, ``fg_cand - (fg_comp + bg_cand)``: the
 log-odds of the two-way softmax (candidate vs. background with CFBI's background augmentation).
+
+Differences from the release, on purpose: frames are RGB with ImageNet mean/std (timm's
+convention; the release feeds OpenCV BGR to its DeepLab weights); masks are downsampled to each
+scale by area majority rather than nearest sampling; layer4 is dilated by timm's output-stride
+16 without DeepLab's multi-grid rates.
 """
 
 from __future__ import annotations
