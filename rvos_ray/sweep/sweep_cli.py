@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -43,9 +44,13 @@ def build_parser(prog: str = "rvos-ray sweep") -> argparse.ArgumentParser:
 
 def sweep(args: argparse.Namespace, log=print) -> dict[str, Any]:
     """Run the sweep of ``args``; returns its summary (also written to summary.json)."""
+    sc = load_sweep_config(args.config, args.overrides)
+    if not (args.address or str(sc.ray.address or "") or os.environ.get("RAY_ADDRESS")):
+        from rvos_ray.runtime.run_cli import LOCAL_AUTH_MODE
+
+        os.environ.setdefault("RAY_AUTH_MODE", LOCAL_AUTH_MODE)  # before Ray is imported
     from rvos_ray.runtime import sweep_exec
 
-    sc = load_sweep_config(args.config, args.overrides)
     rd = RunDir(args.run)
     run_cfg = load_run_config(rd)
     variants = [str(v["name"]) for v in run_cfg.grounding.variants]
