@@ -30,9 +30,11 @@ def free_port() -> int:
 class Prometheus:
     """One Prometheus process; ``stop()`` ends it."""
 
-    def __init__(self, sd_file: Path, workdir: Path, scrape_interval: str = "1s") -> None:
+    def __init__(self, sd_file: Path, workdir: Path, scrape_interval: str = "2s") -> None:
         cfg = yaml.safe_load((REPO / "dashboards" / "prometheus.yml").read_text())
         cfg["global"]["scrape_interval"] = cfg["global"]["evaluation_interval"] = scrape_interval
+        # Ray's endpoint serves a few hundred kB; on a loaded machine a 1 s scrape times out
+        cfg["global"]["scrape_timeout"] = scrape_interval
         (job,) = cfg["scrape_configs"]
         job["file_sd_configs"][0]["files"] = [str(sd_file)]  # this Ray's file, not /tmp/ray's
         job["file_sd_configs"][0]["refresh_interval"] = "1s"
@@ -100,11 +102,12 @@ class Prometheus:
         self.log.close()
 
 
-def concrete(expr: str, rate_interval: str = "10s") -> str:
-    """A dashboard expression with Grafana's variables replaced: every session and stage, and
+def concrete(expr: str, session: str, rate_interval: str = "20s") -> str:
+    """A dashboard expression with Grafana's variables replaced: this Ray ``session`` (other
+    Rays on the machine may share a port Ray's service discovery lists), every stage, and
     ``$__rate_interval`` as given."""
     return (expr.replace("$__rate_interval", rate_interval).replace('"$stage"', '".*"')
-            .replace('"$SessionName"', '".*"'))
+            .replace('"$SessionName"', f'"{session}"'))
 
 
 def values_by(result: list[dict], label: str) -> dict[str, list[float]]:
