@@ -32,6 +32,8 @@ def test_make_candidates_threshold_order_topk_and_empty_masks():
     assert c.scores == (0.9, 0.5) and c.labels == (2, 4) and c.sources == ("x", "x")
     c = make_candidates("v", 3, 6, 8, m, np.array([0.2, 0.9, 0.95, 0.5]), np.array([1, 2, 3, 4]), "x", 0.0, 1)
     assert c.scores == (0.9,)
+    none = make_candidates("v", 3, 6, 8, np.zeros((0, 6, 8), bool), np.zeros(0), np.zeros(0), "x", 0.0, 10)
+    assert len(none) == 0 and (none.height, none.width, none.frame) == (6, 8, 3)
     with pytest.raises(ValueError, match="frame size"):
         make_candidates("v", 3, 5, 8, m, np.zeros(4), np.zeros(4), "x", 0.0, 10)
 

@@ -190,8 +190,8 @@ def make_candidates(
         )
     if not (len(masks) == len(scores) == len(labels)):
         raise ValueError(f"{source}: {len(masks)} masks, {len(scores)} scores, {len(labels)} labels")
-    flat = masks.reshape(len(masks), -1)
-    keep = (scores >= score_threshold) & (flat.any(axis=1) if len(masks) else np.zeros(0, bool))
+    nonempty = masks.reshape(len(masks), height * width).any(axis=1)
+    keep = (scores >= score_threshold) & nonempty
     idx = np.flatnonzero(keep)
     idx = idx[np.argsort(-scores[idx], kind="stable")][: max(int(max_per_frame), 0)]
     kept = masks[idx].astype(np.uint8, copy=False)

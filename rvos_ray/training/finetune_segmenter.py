@@ -71,7 +71,9 @@ def _scaled_schedule(schedulers: list, base_iters: int, max_iters: int) -> list:
     ratio = max_iters / max(base_iters, 1)
     for s in copy.deepcopy(schedulers):
         if "end" in s and s.get("end") is not None:
-            s["end"] = max(1, min(int(round(s["end"] * ratio)), max_iters))
+            # >= 2: mmengine never steps a scheduler whose window is one iteration long, so a
+            # warmup shrunk to 1 would hold its start factor for the whole run.
+            s["end"] = max(2, min(int(round(s["end"] * ratio)), max_iters))
         if "milestones" in s:
             s["milestones"] = [max(1, int(round(m * ratio))) for m in s["milestones"]]
         out.append(s)
