@@ -83,6 +83,15 @@ def test_padded_batch_gives_masks_at_each_frame_size(model_dir, video):
             assert masks.decode(r, c.height, c.width).shape == (c.height, c.width)
 
 
+def test_resize_options_change_the_model_input(model_dir, video):
+    seg = build(model_dir, shortest_edge=32, longest_edge=64)
+    assert seg.size["shortest_edge"] == 32 and seg.size["longest_edge"] == 64
+    inputs = seg.processor(images=[np.zeros((96, 128, 3), np.uint8)], size=seg.size, return_tensors="pt")
+    assert tuple(inputs["pixel_values"].shape[-2:]) == (32, 64)  # 32x43 -> /32 divisor -> 32x64
+    (c,) = seg.segment(video, [0])
+    assert (c.height, c.width) == (96, 128)
+
+
 def test_missing_model_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot load Mask2Former"):
         build(str(tmp_path / "nothing-here"))
