@@ -31,9 +31,12 @@ demo-models: install
 	nice -n 5 $(RVOS) train-propagator --config configs/demo_models/cfbi_demo.yaml
 	$(PY) -m rvos_ray.demo_models visual-init --out $(DEMO_RUNS)/visual_resnet18.pt \
 	    --model resnet18 --out-index 2 --seed 0
-	@# both variants read the same frozen encoders: the second reuses the first's feature cache
-	nice -n 5 $(RVOS) train-grounder --config configs/demo_models/grounders.yaml --variant r18s2-minilm
-	nice -n 5 $(RVOS) train-grounder --config configs/demo_models/grounders.yaml --variant r18s2-minilm-d96
+	@# both variants read the same frozen encoders: the second reuses the first's feature cache;
+	@# not niced here: the training runs in Ray workers, which Ray starts at niceness 15
+	$(RVOS) train-grounder --config configs/demo_models/grounders.yaml --variant r18s2-minilm \
+	    train_grounder.out_dir=$(abspath $(DEMO_RUNS))/grounders
+	$(RVOS) train-grounder --config configs/demo_models/grounders.yaml --variant r18s2-minilm-d96 \
+	    train_grounder.out_dir=$(abspath $(DEMO_RUNS))/grounders
 	$(PY) -m rvos_ray.demo_models package --runs $(DEMO_RUNS) --out rvos_ray/assets/demo \
 	    --grounders r18s2-minilm r18s2-minilm-d96 --seg-iters $(DEMO_SEG_ITERS)
 

@@ -14,8 +14,9 @@ keep colour and texture, which is what the synthetic expressions need besides th
 the temporal option); its weights are a file rather than a seed so that every process (trainer,
 Ray actors, a user's machine) builds exactly the same features.
 
-``package`` copies the trained checkpoints into the package-data folder and writes
-``MANIFEST.json``: for every file the command, config, seed and sha256 that produced it.
+``package`` copies the trained checkpoints into the package-data folder (float32 tensors stored as
+float16, half the size; loaders cast them back) and writes ``MANIFEST.json``: for every file the
+command, config, seed, its sha256 and that of the trained file it was made from.
 """
 
 from __future__ import annotations
@@ -119,9 +120,10 @@ def package(runs: str, out: str, grounders: list[str], seg_iters: int) -> dict[s
             # (work_dir, annotation file); keep them out of the shipped copy.
             dst.write_text(_strip_paths(src.read_text(), str(runs_p.resolve())))
         else:
-            shutil.copyfile(src, dst)
+            half_copy(src, dst)
         entries[asset] = {"command": info["command"], "config": info["config"], "seed": info["seed"],
-                          "bytes": dst.stat().st_size, "sha256": sha256(dst)}
+                          "bytes": dst.stat().st_size, "sha256": sha256(dst),
+                          "trained_sha256": sha256(src)}
     manifest = {"description": "the demo's models, trained on the synthetic shapes train split "
                                "(rvos-ray make-shapes --out data/demo-train --videos 40 --seed 0) by `make demo-models`",
                 "files": entries}
@@ -129,6 +131,30 @@ def package(runs: str, out: str, grounders: list[str], seg_iters: int) -> dict[s
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     os.replace(tmp, out_p / "MANIFEST.json")
     return manifest
+
+
+def _half(obj: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.half() if obj.dtype == torch.float32 else obj
+    if isinstance(obj, dict):
+        return {k: _half(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_half(v) for v in obj)
+    return obj
+
+
+def half_copy(src: Path, dst: Path) -> None:
+    """``src`` (a torch checkpoint) with every float32 tensor stored as float16: half the bytes in
+    the package. Every loader copies the values into the model's float32 parameters
+    (``load_state_dict``), so inference runs in float32 as trained."""
+    import torch
+
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    torch.save(_half(state), tmp)
+    os.replace(tmp, dst)
 
 
 def _strip_paths(text: str, root: str) -> str:
