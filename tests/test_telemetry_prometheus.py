@@ -51,6 +51,8 @@ def live(tmp_path_factory):
     for k, v in RAY_ENV.items():
         os.environ.setdefault(k, v)
     # Ray's socket paths must stay short; its dashboard writes the service-discovery file there
+    # an earlier test in this process may have installed its own telemetry: start from auto
+    tm.install(None)
     ray_tmp = tempfile.mkdtemp(prefix="rvt", dir="/tmp")
     ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
              _metrics_export_port=free_port(), _node_ip_address="127.0.0.1", _temp_dir=ray_tmp,
