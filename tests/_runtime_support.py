@@ -24,7 +24,7 @@ def make_data(root: Path, videos: int = VIDEOS) -> Path:
     return root
 
 
-def test_config(path: Path, models: int | None = None, variants: int | None = None) -> Path:
+def write_test_config(path: Path, models: int | None = None, variants: int | None = None) -> Path:
     """configs/tiny.yaml with 2 keyframes, optionally only the first ``models`` segmentation
     models and ``variants`` grounder variants (fewer actor processes), written to ``path``."""
     raw = OmegaConf.load(TINY)
@@ -40,7 +40,7 @@ def test_config(path: Path, models: int | None = None, variants: int | None = No
 def tiny_cfg(root: Path, run_dir: Path, *overrides: str, config: Path | None = None):
     """The run config over ``root``: ``config`` (default: tiny.yaml with 2 keyframes)."""
     if config is None:
-        config = test_config(Path(run_dir).parent / f".{Path(run_dir).name}-tiny.yaml")
+        config = write_test_config(Path(run_dir).parent / f".{Path(run_dir).name}-tiny.yaml")
     return load_config(config, [f"data.root={root}", f"run.dir={run_dir}", *overrides])
 
 

@@ -505,7 +505,7 @@ class RayExecutor:
                 vid = v.work.video_id
                 try:
                     value = ray.get(ref)  # ready: returns at once (a count list or a done record)
-                except (ray.exceptions.RayError, Exception) as e:
+                except Exception as e:  # whatever ended this video's graph: recorded, the split goes on
                     f = failure_of(vid, e)
                     self.rd.write_failure(f)
                     telemetry.current().video_failed(f.stage, vid, pl.STAGES)  # telemetry hook
