@@ -231,7 +231,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     # connect); a cluster given by --address keeps the user's own settings.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     local = not (args.address or cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-    if local:
+    if local and "ray" not in sys.modules:  # once imported, Ray keeps the mode it read
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         # a busy machine can take longer than Ray's defaults to start the node's agents
         os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")

@@ -187,9 +187,9 @@ def test_short_demo_models_run_trains_loadable_checkpoints_of_the_committed_kind
     shipped = torch.load(ASSETS / "propagator.pt", weights_only=True)
     assert mine["config"] == shipped["config"] and _shapes_of(mine["model"]) == _shapes_of(shipped["model"])
 
-    # the grounders' frozen visual stem: byte-identical to the shipped one (a seeded init)
+    # the grounders' frozen visual stem: byte-identical to the file the shipped one was made from
     demo_models.visual_init(str(runs / "visual_resnet18.pt"), "resnet18", 2, 0)
-    assert demo_models.sha256(runs / "visual_resnet18.pt") == committed["visual_resnet18.pt"]["sha256"]
+    assert demo_models.sha256(runs / "visual_resnet18.pt") == committed["visual_resnet18.pt"]["trained_sha256"]
 
     # grounders: the demo config's variants on the small split, a few epochs on Ray Train
     g = yaml.safe_load(GROUNDERS_YAML.read_text())
