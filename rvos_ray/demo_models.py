@@ -39,7 +39,7 @@ PRODUCTS: dict[str, dict[str, Any]] = {
         "source": "segmenter/segmenter.pth",
         "command": "rvos-ray finetune-segmenter --config configs/demo_models/condinst_demo.py "
                    "--data-root data/demo-train --work-dir runs/demo-models/segmenter --max-iters {seg_iters} "
-                   "--seed 0 --threads 1 --num-workers 1",
+                   "--seed 0 --threads 1 --num-workers 0",
         "config": "configs/demo_models/condinst_demo.py",
         "seed": 0,
     },
