@@ -223,8 +223,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
           flush=True)
     out = os.path.abspath(args.out)
     cfg_file = os.path.join(out, "demo-config.yaml")
-    cfg = resolved_config(args.config, list(args.overrides), args.data, os.path.join(out, "pipeline"),
-                          out_file=cfg_file)
+    overrides = list(args.overrides) + (["ray.dashboard=true"] if args.dashboard else [])
+    cfg = resolved_config(args.config, overrides, args.data, os.path.join(out, "pipeline"), out_file=cfg_file)
 
     # Ray reads these when it is first imported: set them before the runtime imports it. A local
     # Ray gets token authentication (its ports listen on 127.0.0.1, but any local user could
@@ -244,7 +244,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     try:
         print("running the pipeline on Ray ...", flush=True)
         summary = run_ray(cfg, address=args.address, progress=not args.no_progress)
-        full = _row("Demo pipeline (tracklets + NMS + 2-variant ensemble)", summary)
+        full = _row(f"Demo pipeline (tracklets + NMS + {len(cfg.grounding.variants)}-variant ensemble)", summary)
         baseline = None
         if not args.no_baseline:
             name, bcfg = baseline_config(cfg_file, os.path.join(out, "baseline"))
