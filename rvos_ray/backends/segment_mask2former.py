@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from rvos_ray.registry import ConfigError
-from rvos_ray.stages.segment import make_candidates, read_frames
+from rvos_ray.stages.segment import make_candidates, segment_in_batches
 from rvos_ray.types import Candidates, Video
 
 
@@ -68,13 +68,7 @@ class Mask2FormerSegmenter:
         self.model = model.to(self.device, dtype=self.dtype).eval()
 
     def segment(self, video: Video, frames: Sequence[int]) -> list[Candidates]:
-        frames = [int(f) for f in frames]
-        out: list[Candidates] = []
-        bs = self.options.batch_size
-        for start in range(0, len(frames), bs):  # read only one batch of frames at a time
-            chunk = frames[start : start + bs]
-            out += self.segment_images(read_frames(video, chunk), video.video_id, chunk)
-        return out
+        return segment_in_batches(self, video, frames)
 
     def segment_images(
         self, images: Sequence[np.ndarray], video_id: str = "", frames: Sequence[int] | None = None

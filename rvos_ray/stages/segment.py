@@ -148,6 +148,18 @@ def build_segmenters(section: Any, where: str = "segmentation") -> PooledSegment
 # --------------------------------------------------------------------------------------------
 
 
+def segment_in_batches(segmenter, video: Video, frames: Sequence[int]) -> list[Candidates]:
+    """``segmenter.segment_images`` over ``frames`` of ``video``, reading one batch of
+    ``segmenter.options.batch_size`` frames at a time (never the whole list up front)."""
+    frames = [int(f) for f in frames]
+    out: list[Candidates] = []
+    bs = segmenter.options.batch_size
+    for start in range(0, len(frames), bs):
+        chunk = frames[start : start + bs]
+        out += segmenter.segment_images(read_frames(video, chunk), video.video_id, chunk)
+    return out
+
+
 def read_frames(video: Video, frames: Sequence[int]) -> list[np.ndarray]:
     """The RGB uint8 HxWx3 pixels of ``frames`` (indices into ``video``'s frames)."""
     out = []
