@@ -2,6 +2,9 @@
 Hugging Face, loopback-only Ray."""
 
 import os
+import sys
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -19,3 +22,15 @@ try:
     torch.set_num_threads(1)
 except ImportError:  # the scorer's tests run without torch
     pass
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_ray_left_connected(request):
+    """A module that leaves this process connected to Ray fails here, and the connection is
+    closed, so the next module's own ``ray.init`` is not refused as a second init."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail(f"{request.module.__name__} left this process connected to Ray (a ray.init "
+                    f"without its ray.shutdown)")

@@ -82,16 +82,22 @@ def init_ray(cfg: DictConfig, address: str | None = None) -> bool:
         ray.init(address=addr, log_to_driver=bool(cfg.ray.log_to_driver))
         return True
     num_cpus = cfg.ray.num_cpus
-    ray.init(
-        # "local": always a new Ray; address=None would join any head `ray start` left running.
-        address="local",
-        num_cpus=None if num_cpus is None else int(num_cpus),
-        resources={str(k): float(v) for k, v in cfg.ray.resources.items()} or None,
-        include_dashboard=bool(cfg.ray.dashboard),
-        dashboard_host=str(cfg.ray.dashboard_host),
-        _node_ip_address="127.0.0.1",
-        log_to_driver=bool(cfg.ray.log_to_driver),
-    )
+    try:
+        ray.init(
+            # "local": always a new Ray; address=None would join any head `ray start` left running.
+            address="local",
+            num_cpus=None if num_cpus is None else int(num_cpus),
+            resources={str(k): float(v) for k, v in cfg.ray.resources.items()} or None,
+            include_dashboard=bool(cfg.ray.dashboard),
+            dashboard_host=str(cfg.ray.dashboard_host),
+            _node_ip_address="127.0.0.1",
+            log_to_driver=bool(cfg.ray.log_to_driver),
+        )
+    except BaseException:
+        # a start that failed half-way (a node that missed Ray's start window) leaves this
+        # process marked as connected: undo it, so a retry starts afresh instead of reusing it
+        ray.shutdown()
+        raise
     return True
 
 
@@ -510,7 +516,7 @@ class RayExecutor:
                     self.rd.write_failure(f)
                     telemetry.current().video_failed(f.stage, vid, pl.STAGES)  # telemetry hook
                     out.failed[vid] = f
-                    out.event("video_failed", vid, stage=f.stage, error=f.error)
+                    out.event("video_failed", vid, failed_stage=f.stage, error=f.error)
                     log.warning("video %s failed in %s: %s: %s", vid, f.stage, f.error, f.message)
                     self.on_phase("failed", vid)
                     bar.update(1)

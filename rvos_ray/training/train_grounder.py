@@ -117,9 +117,10 @@ def _cache(model: Grounder, sets, max_candidates: int, cache_dir: Path) -> str |
     return str(path)
 
 
-def _ray_init(cfg) -> None:
+def _ray_init(cfg) -> bool:
     """Join ``ray.address`` (or ``RAY_ADDRESS`` under ``ray job submit``), or start a local Ray
-    bound to 127.0.0.1 with token authentication, as the pipeline's runtime does.
+    bound to 127.0.0.1 with token authentication, as the pipeline's runtime does. Returns True
+    when this call connected (the caller then shuts Ray down), False when the process already was.
 
     Ray reads ``RAY_AUTH_MODE`` when it is first imported, so the variable is set before the
     import; a process that imported Ray earlier must set it itself."""
@@ -133,22 +134,23 @@ def _ray_init(cfg) -> None:
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if address:
         ray.init(address=address)
-        return
+        return True
     n = cfg.ray.num_cpus
     for attempt in range(3):
         try:
             ray.init(num_cpus=None if n is None else int(n), include_dashboard=False,
                      _node_ip_address="127.0.0.1", log_to_driver=False)
-            return
+            return True
         except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for a slow node start
             # On an overloaded machine the node's agents can miss Ray's fixed 30 s start window.
             if "timed out during startup" not in str(e) or attempt == 2:
                 raise
             print(f"[train-grounder] local Ray did not start in time ({e}); retrying", flush=True)
             ray.shutdown()
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def train(cfg, variant: str = "") -> dict[str, Any]:
@@ -164,40 +166,47 @@ def train(cfg, variant: str = "") -> dict[str, Any]:
                           f"text.freeze): training runs on cached encoder features")
     init = str(entry.get("checkpoint") or "")
     summary: dict[str, Any] = {"variant": name, "phases": {}}
-    for phase in PHASES:
-        pc = getattr(tc, phase)
-        if not pc.enabled:
-            continue
-        final = out / f"{phase}.pt"
-        if final.exists():
-            print(f"[train-grounder] {name}/{phase}: done before ({final}), skipped", flush=True)
+    started = False  # whether this call connected to Ray (then it also disconnects)
+    try:
+        for phase in PHASES:
+            pc = getattr(tc, phase)
+            if not pc.enabled:
+                continue
+            final = out / f"{phase}.pt"
+            if final.exists():
+                print(f"[train-grounder] {name}/{phase}: done before ({final}), skipped", flush=True)
+                init = str(final)
+                summary["phases"][phase] = json.loads((out / f"{phase}-metrics.json").read_text())
+                continue
+            if not pc.data:
+                raise ConfigError(f"train_grounder.{phase}: enabled but has no data")
+            t0 = time.time()
+            shared = Path(tc.out_dir).absolute() / "cache"  # keyed by encoders + data: shared by variants
+            train_cache = _cache(model, pc.data, tc.max_candidates, shared)
+            val_cache = _cache(model, pc.val, tc.max_candidates, shared)
+            loop_cfg = {
+                "entry": entry, "init": init, "train_cache": train_cache, "val_cache": val_cache,
+                "lr": float(pc.lr), "epochs": int(pc.epochs), "batch_size": int(tc.batch_size),
+                "frames_per_clip": int(tc.frames_per_clip), "weight_decay": float(tc.weight_decay),
+                "max_steps": int(tc.max_steps_per_epoch), "seed": int(tc.seed), "val_every": int(tc.val_every),
+            }
+            started = _ray_init(cfg) or started
+            checkpoint = _fit(loop_cfg, tc, out / "ray", phase)
+            with checkpoint.as_directory() as d:
+                state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+            tmp = final.with_suffix(".tmp")
+            torch.save(state["model"], tmp)
+            os.replace(tmp, final)
+            history = state["history"]
+            (out / f"{phase}-metrics.json").write_text(json.dumps(history, indent=1))
+            summary["phases"][phase] = history
+            summary[f"{phase}_seconds"] = round(time.time() - t0, 1)
             init = str(final)
-            summary["phases"][phase] = json.loads((out / f"{phase}-metrics.json").read_text())
-            continue
-        if not pc.data:
-            raise ConfigError(f"train_grounder.{phase}: enabled but has no data")
-        t0 = time.time()
-        shared = Path(tc.out_dir).absolute() / "cache"  # keyed by encoders + data: shared by variants
-        train_cache = _cache(model, pc.data, tc.max_candidates, shared)
-        val_cache = _cache(model, pc.val, tc.max_candidates, shared)
-        loop_cfg = {
-            "entry": entry, "init": init, "train_cache": train_cache, "val_cache": val_cache,
-            "lr": float(pc.lr), "epochs": int(pc.epochs), "batch_size": int(tc.batch_size),
-            "frames_per_clip": int(tc.frames_per_clip), "weight_decay": float(tc.weight_decay),
-            "max_steps": int(tc.max_steps_per_epoch), "seed": int(tc.seed), "val_every": int(tc.val_every),
-        }
-        _ray_init(cfg)
-        checkpoint = _fit(loop_cfg, tc, out / "ray", phase)
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-        tmp = final.with_suffix(".tmp")
-        torch.save(state["model"], tmp)
-        os.replace(tmp, final)
-        history = state["history"]
-        (out / f"{phase}-metrics.json").write_text(json.dumps(history, indent=1))
-        summary["phases"][phase] = history
-        summary[f"{phase}_seconds"] = round(time.time() - t0, 1)
-        init = str(final)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
     if init:
         shutil.copyfile(init, out / "grounder.pt")
         summary["checkpoint"] = str(out / "grounder.pt")
