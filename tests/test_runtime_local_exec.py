@@ -100,6 +100,10 @@ def test_unreadable_frames_give_a_failure_record_and_the_rest_is_scored(clean_ru
     assert "cannot read frame" in f["message"]
     failures = pq.read_table(run / "failures.parquet").to_pylist()
     assert [r["video_id"] for r in failures] == [vid]
+    # the driver's event names the failed stage without passing the event off as that stage's
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    [ev] = [e for e in events if e["item"] == "video_failed"]
+    assert (ev["stage"], ev["failed_stage"], ev["video_id"]) == ("driver", "segmentation", vid)
     metrics = pq.read_table(run / "metrics.parquet")
     assert set(metrics.column("video").to_pylist()) == set(RunDir(str(run)).done_videos())
     assert vid not in set(metrics.column("video").to_pylist())

@@ -132,7 +132,7 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
             rd.write_failure(f)
             telemetry.current().video_failed(f.stage, work.video_id, pl.STAGES)  # telemetry hook
             out.failed[work.video_id] = f
-            out.event("video_failed", work.video_id, stage=f.stage, error=f.error)
+            out.event("video_failed", work.video_id, failed_stage=f.stage, error=f.error)
             log.warning("video %s failed in %s: %s", work.video_id, f.stage, f.message)
         bar.update(1)
         bar.set_postfix(failed=len(out.failed), skipped=len(p.skipped), rates=rates.postfix())

@@ -40,8 +40,12 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)  # setup_s (models), loop_s (videos)
 
     def event(self, kind: str, video_id: str = "", **extra: Any) -> None:
-        self.driver_events.append({"stage": "driver", "item": kind, "video_id": video_id,
-                                   "time": time.time(), **extra})
+        """A driver event for the run's event log (``extra`` may not rename its fixed keys)."""
+        fixed = {"stage": "driver", "item": kind, "video_id": video_id, "time": time.time()}
+        clash = fixed.keys() & extra.keys()
+        if clash:
+            raise ValueError(f"driver event {kind!r}: extra keys {sorted(clash)} would replace the event's own")
+        self.driver_events.append({**fixed, **extra})
 
 
 def start_run(cfg: DictConfig) -> RunDir:
