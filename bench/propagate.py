@@ -1,8 +1,9 @@
 """Mask propagation (CFBI+): accuracy of a tiny trained model, backbone passes and speed vs the
 number of candidates, and peak memory vs video length.
 
-1. **Accuracy**: the tiny CFBI+ trained by ``rvos-ray train-propagator --config
-   configs/propagator/tiny.yaml`` (``--checkpoint``), fed the ground-truth masks of the first
+1. **Accuracy**: a tiny CFBI+ trained by ``rvos-ray train-propagator`` (``--checkpoint``; default:
+   the demo's, ``configs/demo_models/cfbi_demo.yaml``, shipped in ``rvos_ray/assets/demo``; run at
+   ``--long-edge``, the input size it was trained at), fed the ground-truth masks of the first
    frame of every synthetic valid video (each object present there is one candidate), propagated
    to the last frame. J per annotated frame after the first (DAVIS J; 1 when both masks are empty), mean over
    frames per object, then over objects. Baseline, measured in the same run on the same videos:
@@ -42,10 +43,10 @@ from rvos_ray.types import Candidates  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def propagator(checkpoint: str):
+def propagator(checkpoint: str, long_edge: int):
     from rvos_ray.stages.propagate import build_propagator
 
-    options = {"checkpoint": checkpoint, "long_edge": 320, "device": "cpu", "num_threads": 1, "candidate_batch": 8}
+    options = {"checkpoint": checkpoint, "long_edge": long_edge, "device": "cpu", "num_threads": 1, "candidate_batch": 8}
     return build_propagator({"backend": "cfbi", "options": options})
 
 
@@ -102,7 +103,7 @@ def _vm(field: str) -> float:
     raise KeyError(field)
 
 
-def rss_child(root: str, checkpoint: str) -> None:
+def rss_child(root: str, checkpoint: str, long_edge: str) -> None:
     """(subprocess) propagate the frame-0 objects of the valid video; print RSS figures in MiB.
 
     The peak is reset (``/proc/self/clear_refs``) once the model is loaded and warm, so the
@@ -113,7 +114,7 @@ def rss_child(root: str, checkpoint: str) -> None:
     reader = RefYTVOS(root, "valid")
     vid = reader.video_ids()[0]
     video = reader.video(vid)
-    prop = propagator(checkpoint)
+    prop = propagator(checkpoint, int(long_edge))
     cands, ids = first_frame_candidates(reader, vid)
     short = dataclasses.replace(video, frame_names=video.frame_names[:5], frame_paths=video.frame_paths[:5])
     prop.propagate(short, cands, list(range(len(ids))))  # warm-up: allocator pools, lazy init
@@ -128,10 +129,11 @@ def rss_child(root: str, checkpoint: str) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/shapes", help="synthetic benchmark root (made if absent)")
-    p.add_argument("--checkpoint", default="runs/propagator/tiny/model.pt", help="train-propagator model.pt")
+    p.add_argument("--checkpoint", default="rvos_ray/assets/demo/propagator.pt", help="train-propagator model.pt")
+    p.add_argument("--long-edge", type=int, default=160, help="model input's long edge (as trained)")
     p.add_argument("--videos", type=int, default=40, help="valid videos scored for J")
     p.add_argument("--work", default="runs/bench-propagate", help="scratch folder (long videos for RSS)")
-    p.add_argument("--rss-child", nargs=2, metavar=("ROOT", "CHECKPOINT"), help=argparse.SUPPRESS)
+    p.add_argument("--rss-child", nargs=3, metavar=("ROOT", "CHECKPOINT", "LONG_EDGE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rss_child:
         rss_child(*args.rss_child)
@@ -157,7 +159,7 @@ def main() -> int:
           f"{figures['training_seconds']} s of training")
 
     # 1. accuracy -----------------------------------------------------------------------------
-    trained = propagator(args.checkpoint)
+    trained = propagator(args.checkpoint, args.long_edge)
     t0 = time.perf_counter()
     figures["mean_J_trained"] = round(mean_j(trained, reader, vids), 4)
     figures["accuracy_seconds"] = round(time.perf_counter() - t0, 1)
@@ -186,7 +188,7 @@ def main() -> int:
     for frames in (40, 400):
         root = os.path.join(args.work, f"shapes{frames}")
         make_shapes(root, videos=1, seed=1, min_frames=frames, max_frames=frames)
-        out = subprocess.run([sys.executable, __file__, "--rss-child", root, args.checkpoint],
+        out = subprocess.run([sys.executable, __file__, "--rss-child", root, args.checkpoint, str(args.long_edge)],
                              capture_output=True, text=True, check=True, cwd=ROOT)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         figures[f"rss_peak_mib_{frames}"] = round(r["rss_peak_mib"], 1)
