@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rvos_ray.registry import ConfigError
@@ -187,14 +187,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if not p.is_file():
                 raise ConfigError(f"config file {p} does not exist")
             cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        for item in overrides or ():
+            apply_override(cfg, item)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         msg = getattr(e, "msg", str(e))
         raise ConfigError(f"{where}: key {key!r}: {msg}" if key else f"{where}: {msg}") from e
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def apply_override(cfg: DictConfig, item: str) -> None:
+    """One ``key=value`` override, in place. The value is parsed as in a dotlist (YAML scalars,
+    lists, dicts); the key may index lists (``segmentation.models.0.checkpoint=...``)."""
+    key, sep, _ = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected key=value")
+    value = OmegaConf.from_dotlist([f"v={item[len(key) + 1:]}"])["v"]
+    parent, _, leaf = key.strip().rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if parent and node is None:
+        raise ConfigError(f"override {item!r}: no config section {parent!r}")
+    if isinstance(node, ListConfig) and not (leaf.isdigit() and int(leaf) < len(node)):
+        raise ConfigError(f"override {item!r}: {parent} is a list of {len(node)}; use an index 0..{len(node) - 1}")
+    OmegaConf.update(cfg, key.strip(), value, merge=True)
 
 
 def to_yaml(cfg: DictConfig) -> str:

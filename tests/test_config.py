@@ -41,6 +41,20 @@ class _Backend:
         self.options = options
 
 
+def test_overrides_index_lists_and_bad_ones_name_the_override():
+    cfg = load_config("configs/demo.yaml", ["segmentation.models.0.checkpoint=/w/seg.pth", "data.videos=[a,b]",
+                                            "ray.resources={seg: 2}"])
+    assert cfg.segmentation.models[0].checkpoint == "/w/seg.pth"
+    assert cfg.segmentation.models[0].backend == "mmdet"  # the rest of the entry is kept
+    assert list(cfg.data.videos) == ["a", "b"] and dict(cfg.ray.resources) == {"seg": 2.0}
+    with pytest.raises(ConfigError, match="segmentation.models.5.checkpoint=x"):
+        load_config("configs/demo.yaml", ["segmentation.models.5.checkpoint=x"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config("configs/demo.yaml", ["keyframes.k"])
+    with pytest.raises(ConfigError, match="keyframes.k"):
+        load_config("configs/demo.yaml", ["keyframes.k=many"])
+
+
 def test_registry_builds_with_typed_options_and_names_errors():
     reg = Registry("thing")
     reg.register("b", f"{__name__}:_Backend")

@@ -35,6 +35,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rvos_ray.config import apply_override
 from rvos_ray.data import io as dio
 from rvos_ray.models.cfbi import CFBIConfig
 from rvos_ray.registry import ConfigError
@@ -78,8 +79,8 @@ def load_train_config(path: str | None, overrides: list[str] | None = None) -> T
             if not dio.exists(path):
                 raise ConfigError(f"config file {path} does not exist")
             cfg = OmegaConf.merge(cfg, OmegaConf.create(dio.read_bytes(path).decode()))
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        for item in overrides or ():
+            apply_override(cfg, item)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         msg = getattr(e, "msg", str(e))
