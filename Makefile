@@ -17,18 +17,25 @@ install-system:
 demo: install
 	@.venv/bin/rvos-ray demo
 
-# The demo's three models, trained on the synthetic train split by the project's own commands, then
+# The demo's three models, trained on synthetic train splits by the project's own commands, then
 # copied into the package (rvos_ray/assets/demo/) with MANIFEST.json (command, config, seed, sha256).
-# About an hour on a shared 2-core CPU; configs in configs/demo_models/.
+# The segmenter and the propagator train in legs, each continuing the last (the first legs are the
+# first demo's models; the later ones were added when they proved undertrained). About 80 minutes
+# on a quiet 2-core CPU; configs in configs/demo_models/.
 DEMO_RUNS := runs/demo-models
-DEMO_SEG_ITERS := 600
 RVOS := .venv/bin/rvos-ray
+SEG_ARGS := --config configs/demo_models/condinst_demo.py --data-root data/demo-train --threads 1 --num-workers 0
+PROP_ARGS := --config configs/demo_models/cfbi_demo.yaml
 demo-models: install
 	$(RVOS) make-shapes --out data/demo-train --videos 40 --seed 0
-	nice -n 5 $(RVOS) finetune-segmenter --config configs/demo_models/condinst_demo.py \
-	    --data-root data/demo-train --work-dir $(DEMO_RUNS)/segmenter --max-iters $(DEMO_SEG_ITERS) \
-	    --seed 0 --threads 1 --num-workers 0
-	nice -n 5 $(RVOS) train-propagator --config configs/demo_models/cfbi_demo.yaml
+	$(RVOS) make-shapes --out data/demo-ground --videos 200 --seed 2
+	nice -n 5 $(RVOS) finetune-segmenter $(SEG_ARGS) --work-dir $(DEMO_RUNS)/segmenter-600 --max-iters 600 --seed 0
+	nice -n 5 $(RVOS) finetune-segmenter $(SEG_ARGS) --work-dir $(DEMO_RUNS)/segmenter --max-iters 3000 --seed 1 \
+	    --load-from $(DEMO_RUNS)/segmenter-600/segmenter.pth
+	@# one run in three legs: each resumes last.pt, steps=N is the leg's cosine horizon
+	nice -n 5 $(RVOS) train-propagator $(PROP_ARGS) steps=260
+	nice -n 5 $(RVOS) train-propagator $(PROP_ARGS) steps=1000
+	nice -n 5 $(RVOS) train-propagator $(PROP_ARGS) steps=2000
 	$(PY) -m rvos_ray.demo_models visual-init --out $(DEMO_RUNS)/visual_resnet18.pt \
 	    --model resnet18 --out-index 2 --seed 0
 	@# both variants read the same frozen encoders: the second reuses the first's feature cache;
@@ -38,7 +45,7 @@ demo-models: install
 	$(RVOS) train-grounder --config configs/demo_models/grounders.yaml --variant r18s2-minilm-d96 \
 	    train_grounder.out_dir=$(abspath $(DEMO_RUNS))/grounders
 	$(PY) -m rvos_ray.demo_models package --runs $(DEMO_RUNS) --out rvos_ray/assets/demo \
-	    --grounders r18s2-minilm r18s2-minilm-d96 --seg-iters $(DEMO_SEG_ITERS)
+	    --grounders r18s2-minilm r18s2-minilm-d96
 
 # The whole suite (exits non-zero on failures and on "no tests collected").
 test: install install-system

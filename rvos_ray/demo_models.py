@@ -37,9 +37,13 @@ ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
 PRODUCTS: dict[str, dict[str, Any]] = {
     "segmenter.pth": {
         "source": "segmenter/segmenter.pth",
+        # two legs: 600 iterations from random init, then 3000 more from those weights
         "command": "rvos-ray finetune-segmenter --config configs/demo_models/condinst_demo.py "
-                   "--data-root data/demo-train --work-dir runs/demo-models/segmenter --max-iters {seg_iters} "
-                   "--seed 0 --threads 1 --num-workers 0",
+                   "--data-root data/demo-train --work-dir runs/demo-models/segmenter-600 --max-iters 600 "
+                   "--seed 0 --threads 1 --num-workers 0 && "
+                   "rvos-ray finetune-segmenter --config configs/demo_models/condinst_demo.py "
+                   "--data-root data/demo-train --work-dir runs/demo-models/segmenter --max-iters 3000 "
+                   "--seed 1 --threads 1 --num-workers 0 --load-from runs/demo-models/segmenter-600/segmenter.pth",
         "config": "configs/demo_models/condinst_demo.py",
         "seed": 0,
     },
@@ -51,7 +55,9 @@ PRODUCTS: dict[str, dict[str, Any]] = {
     },
     "propagator.pt": {
         "source": "propagator/model.pt",
-        "command": "rvos-ray train-propagator --config configs/demo_models/cfbi_demo.yaml",
+        # one run in three legs, each resuming the last (steps=N: the leg's cosine horizon)
+        "command": " && ".join(f"rvos-ray train-propagator --config configs/demo_models/cfbi_demo.yaml steps={n}"
+                               for n in (260, 1000, 2000)),
         "config": "configs/demo_models/cfbi_demo.yaml",
         "seed": 0,
     },
@@ -96,12 +102,11 @@ def visual_init(out: str, model: str = "resnet18", out_index: int = 2, seed: int
     return {"out": out, "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values()))}
 
 
-def package(runs: str, out: str, grounders: list[str], seg_iters: int) -> dict[str, Any]:
+def package(runs: str, out: str, grounders: list[str]) -> dict[str, Any]:
     """Copy the trained files under ``runs`` into ``out`` and write ``out/MANIFEST.json``."""
     runs_p, out_p = Path(runs), Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     products = {k: dict(v) for k, v in PRODUCTS.items()}
-    products["segmenter.pth"]["command"] = products["segmenter.pth"]["command"].format(seg_iters=seg_iters)
     for name in grounders:
         products[f"grounder_{name}.pt"] = {
             "source": f"grounders/{name}/grounder.pt",
@@ -124,8 +129,9 @@ def package(runs: str, out: str, grounders: list[str], seg_iters: int) -> dict[s
         entries[asset] = {"command": info["command"], "config": info["config"], "seed": info["seed"],
                           "bytes": dst.stat().st_size, "sha256": sha256(dst),
                           "trained_sha256": sha256(src)}
-    manifest = {"description": "the demo's models, trained on the synthetic shapes train split "
-                               "(rvos-ray make-shapes --out data/demo-train --videos 40 --seed 0) by `make demo-models`",
+    manifest = {"description": "the demo's models, trained on synthetic shapes train splits (rvos-ray make-shapes "
+                               "--out data/demo-train --videos 40 --seed 0; the grounders also on --out "
+                               "data/demo-ground --videos 200 --seed 2) by `make demo-models`",
                 "files": entries}
     tmp = out_p / "MANIFEST.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
@@ -184,13 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--runs", default="runs/demo-models")
     k.add_argument("--out", default=str(ASSETS))
     k.add_argument("--grounders", nargs="+", required=True, help="grounder variant names")
-    k.add_argument("--seg-iters", type=int, required=True)
     sub.add_parser("verify", help="check the committed assets against MANIFEST.json")
     a = p.parse_args(argv)
     if a.cmd == "visual-init":
         print(json.dumps(visual_init(a.out, a.model, a.out_index, a.seed)))
     elif a.cmd == "package":
-        m = package(a.runs, a.out, a.grounders, a.seg_iters)
+        m = package(a.runs, a.out, a.grounders)
         for name, info in m["files"].items():
             print(f"{name:28s} {info['bytes']:>10d} B  sha256 {info['sha256'][:16]}")
     else:

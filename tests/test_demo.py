@@ -212,7 +212,7 @@ def test_short_demo_models_run_trains_loadable_checkpoints_of_the_committed_kind
 
     # package them as `make demo-models` does; the demo config loads the result
     assets = tmp_path / "assets"
-    manifest = demo_models.package(str(runs), str(assets), names, 16)
+    manifest = demo_models.package(str(runs), str(assets), names)
     assert set(manifest["files"]) == set(committed)
     cfg = demo.resolved_config(str(demo.DEMO_CONFIG), [], small_shapes, str(tmp_path / "run"), assets=assets)
     built = _build_demo_models(cfg)

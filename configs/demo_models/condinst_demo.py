@@ -3,7 +3,8 @@
 # quarter-width ResNet-18 (16 base channels) and 64-channel FPN/heads, so the checkpoint is small
 # enough to ship inside the package (rvos_ray/assets/demo/). Trained by `make demo-models`:
 #   rvos-ray finetune-segmenter --config configs/demo_models/condinst_demo.py \
-#       --data-root data/demo-train --work-dir runs/demo-models/segmenter --max-iters 600 --seed 0 --threads 1 --num-workers 0
+#       --data-root data/demo-train --work-dir runs/demo-models/segmenter-600 --max-iters 600 --seed 0 --threads 1 --num-workers 0
+# then 3000 more iterations from those weights (--load-from .../segmenter-600/segmenter.pth --seed 1).
 _base_ = '../segmenter/condinst_r18_shapes.py'
 
 model = dict(

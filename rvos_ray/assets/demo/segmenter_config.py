@@ -5,7 +5,7 @@ data_root = 'data/coco/'
 dataset_type = 'CocoDataset'
 default_hooks = dict(
     checkpoint=None,
-    logger=dict(interval=25, type='LoggerHook'),
+    logger=dict(interval=50, type='LoggerHook'),
     param_scheduler=dict(_scope_='mmdet', type='ParamSchedulerHook'),
     sampler_seed=dict(_scope_='mmdet', type='DistSamplerSeedHook'),
     timer=dict(_scope_='mmdet', type='IterTimerHook'),
@@ -18,7 +18,7 @@ env_cfg = dict(
 launcher = 'none'
 load_from = None
 log_level = 'INFO'
-log_processor = dict(by_epoch=False, type='LogProcessor', window_size=25)
+log_processor = dict(by_epoch=False, type='LogProcessor', window_size=50)
 max_iter = 2000
 model = dict(
     _scope_='mmdet',
@@ -130,19 +130,19 @@ optim_wrapper = dict(
     optimizer=dict(lr=0.001, type='AdamW', weight_decay=0.05),
     type='OptimWrapper')
 param_scheduler = [
-    dict(begin=0, by_epoch=False, end=30, start_factor=0.01, type='LinearLR'),
+    dict(begin=0, by_epoch=False, end=150, start_factor=0.01, type='LinearLR'),
     dict(
         begin=0,
         by_epoch=False,
-        end=600,
+        end=3000,
         gamma=0.1,
         milestones=[
-            450,
-            540,
+            2250,
+            2700,
         ],
         type='MultiStepLR'),
 ]
-randomness = dict(deterministic=False, seed=0)
+randomness = dict(deterministic=False, seed=1)
 resume = False
 test_cfg = None
 test_dataloader = dict(
@@ -181,15 +181,14 @@ test_pipeline = [
 ]
 train_cfg = dict(
     _scope_='mmdet',
-    max_iters=600,
+    max_iters=3000,
     type='IterBasedTrainLoop',
-    val_interval=601)
+    val_interval=3001)
 train_dataloader = dict(
     batch_sampler=dict(_scope_='mmdet', type='AspectRatioBatchSampler'),
     batch_size=4,
     dataset=dict(
-        ann_file=
-        'runs/demo-models/segmenter/coco/instances_train.json',
+        ann_file='runs/demo-models/segmenter/coco/instances_train.json',
         backend_args=None,
         data_prefix=dict(img='data/demo-train/train/JPEGImages/'),
         data_root='',
