@@ -3,7 +3,8 @@ number of candidates, and peak memory vs video length.
 
 1. **Accuracy**: a tiny CFBI+ trained by ``rvos-ray train-propagator`` (``--checkpoint``; default:
    the demo's, ``configs/demo_models/cfbi_demo.yaml``, shipped in ``rvos_ray/assets/demo``; run at
-   ``--long-edge``, the input size it was trained at), fed the ground-truth masks of the first
+   ``--long-edge``, default 320: the frames' own size; it was trained on 96x160 crops of frames
+   scaled by 0.5-1.0, so full-size objects are within what it saw), fed the ground-truth masks of the first
    frame of every synthetic valid video (each object present there is one candidate), propagated
    to the last frame. J per annotated frame after the first (DAVIS J; 1 when both masks are empty), mean over
    frames per object, then over objects. Baseline, measured in the same run on the same videos:
@@ -130,7 +131,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/shapes", help="synthetic benchmark root (made if absent)")
     p.add_argument("--checkpoint", default="rvos_ray/assets/demo/propagator.pt", help="train-propagator model.pt")
-    p.add_argument("--long-edge", type=int, default=160, help="model input's long edge (as trained)")
+    p.add_argument("--long-edge", type=int, default=320, help="model input's long edge (frames are resized to it)")
     p.add_argument("--videos", type=int, default=40, help="valid videos scored for J")
     p.add_argument("--work", default="runs/bench-propagate", help="scratch folder (long videos for RSS)")
     p.add_argument("--rss-child", nargs=3, metavar=("ROOT", "CHECKPOINT", "LONG_EDGE"), help=argparse.SUPPRESS)
