@@ -200,17 +200,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def apply_override(cfg: DictConfig, item: str) -> None:
     """One ``key=value`` override, in place. The value is parsed as in a dotlist (YAML scalars,
     lists, dicts); the key may index lists (``segmentation.models.0.checkpoint=...``)."""
-    key, sep, _ = item.partition("=")
-    if not sep or not key.strip():
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
         raise ConfigError(f"override {item!r}: expected key=value")
-    value = OmegaConf.from_dotlist([f"v={item[len(key) + 1:]}"])["v"]
-    parent, _, leaf = key.strip().rpartition(".")
+    value = OmegaConf.from_dotlist([f"v={raw}"])["v"]
+    parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if parent and node is None:
         raise ConfigError(f"override {item!r}: no config section {parent!r}")
     if isinstance(node, ListConfig) and not (leaf.isdigit() and int(leaf) < len(node)):
         raise ConfigError(f"override {item!r}: {parent} is a list of {len(node)}; use an index 0..{len(node) - 1}")
-    OmegaConf.update(cfg, key.strip(), value, merge=True)
+    OmegaConf.update(cfg, key, value, merge=True)
 
 
 def to_yaml(cfg: DictConfig) -> str:
