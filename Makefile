@@ -20,7 +20,7 @@ demo: install
 # The demo's three models, trained on synthetic train splits by the project's own commands, then
 # copied into the package (rvos_ray/assets/demo/) with MANIFEST.json (command, config, seed, sha256).
 # The segmenter and the propagator train in legs, each continuing the last (the first legs are the
-# first demo's models; the later ones were added when they proved undertrained). About 80 minutes
+# first demo's models; the later ones were added when they proved undertrained). About 85 minutes
 # on a quiet 2-core CPU; configs in configs/demo_models/.
 DEMO_RUNS := runs/demo-models
 RVOS := .venv/bin/rvos-ray
@@ -32,10 +32,11 @@ demo-models: install
 	nice -n 5 $(RVOS) finetune-segmenter $(SEG_ARGS) --work-dir $(DEMO_RUNS)/segmenter-600 --max-iters 600 --seed 0
 	nice -n 5 $(RVOS) finetune-segmenter $(SEG_ARGS) --work-dir $(DEMO_RUNS)/segmenter --max-iters 3000 --seed 1 \
 	    --load-from $(DEMO_RUNS)/segmenter-600/segmenter.pth
-	@# one run in three legs: each resumes last.pt, steps=N is the leg's cosine horizon
+	@# one run in four legs: each resumes last.pt, steps=N is the leg's cosine horizon
 	nice -n 5 $(RVOS) train-propagator $(PROP_ARGS) steps=260
 	nice -n 5 $(RVOS) train-propagator $(PROP_ARGS) steps=1000
 	nice -n 5 $(RVOS) train-propagator $(PROP_ARGS) steps=2000
+	nice -n 5 $(RVOS) train-propagator $(PROP_ARGS) steps=2500
 	$(PY) -m rvos_ray.demo_models visual-init --out $(DEMO_RUNS)/visual_resnet18.pt \
 	    --model resnet18 --out-index 2 --seed 0
 	@# both variants read the same frozen encoders: the second reuses the first's feature cache;

@@ -55,9 +55,9 @@ PRODUCTS: dict[str, dict[str, Any]] = {
     },
     "propagator.pt": {
         "source": "propagator/model.pt",
-        # one run in three legs, each resuming the last (steps=N: the leg's cosine horizon)
+        # one run in four legs, each resuming the last (steps=N: the leg's cosine horizon)
         "command": " && ".join(f"rvos-ray train-propagator --config configs/demo_models/cfbi_demo.yaml steps={n}"
-                               for n in (260, 1000, 2000)),
+                               for n in (260, 1000, 2000, 2500)),
         "config": "configs/demo_models/cfbi_demo.yaml",
         "seed": 0,
     },
