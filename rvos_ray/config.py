@@ -10,6 +10,7 @@ when the backend is built.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rvos_ray.registry import ConfigError
 from rvos_ray.types import Resources
 
-__all__ = ["ConfigError", "RunConfig", "load_config", "to_yaml", "resources_of"]
+__all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config", "to_yaml", "resources_of"]
 
 
 @dataclass
@@ -187,8 +188,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if not p.is_file():
                 raise ConfigError(f"config file {p} does not exist")
             cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
-        for item in overrides or ():
-            apply_override(cfg, item)
+        apply_overrides(cfg, overrides)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         msg = getattr(e, "msg", str(e))
@@ -197,21 +197,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def apply_override(cfg: DictConfig, item: str) -> None:
-    """One ``key=value`` override, in place. The value is parsed as in a dotlist (YAML scalars,
-    lists, dicts); the key may index lists (``segmentation.models.0.checkpoint=...``)."""
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {item!r}: expected key=value")
-    value = OmegaConf.from_dotlist([f"v={raw}"])["v"]
-    parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    if parent and node is None:
-        raise ConfigError(f"override {item!r}: no config section {parent!r}")
-    if isinstance(node, ListConfig) and not (leaf.isdigit() and int(leaf) < len(node)):
-        raise ConfigError(f"override {item!r}: {parent} is a list of {len(node)}; use an index 0..{len(node) - 1}")
-    OmegaConf.update(cfg, key, value, merge=True)
+def apply_overrides(cfg: DictConfig, items: Sequence[str] | None) -> None:
+    """``key=value`` overrides, in place, in order. A value is parsed as in a dotlist (YAML
+    scalars, lists, dicts); a key may index lists (``segmentation.models.0.checkpoint=...``)."""
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        value = OmegaConf.from_dotlist([f"v={raw}"])["v"]
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if parent and node is None:
+            raise ConfigError(f"override {item!r}: no config section {parent!r}")
+        if isinstance(node, ListConfig) and not (leaf.isdigit() and int(leaf) < len(node)):
+            raise ConfigError(f"override {item!r}: {parent} is a list of {len(node)}; use an index 0..{len(node) - 1}")
+        OmegaConf.update(cfg, key, value, merge=True)
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rvos_ray.config import apply_override
+from rvos_ray.config import apply_overrides
 from rvos_ray.registry import ConfigError
 
 __all__ = [
@@ -115,8 +115,7 @@ def load_sweep_config(path: str | Path, overrides: Sequence[str] = ()) -> DictCo
         raise ConfigError(f"sweep config {p} does not exist")
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.load(p))
-        for item in overrides or ():
-            apply_override(cfg, item)
+        apply_overrides(cfg, overrides)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(f"{p}: key {key!r}: {getattr(e, 'msg', e)}" if key else f"{p}: {e}") from e

@@ -35,7 +35,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rvos_ray.config import apply_override
+from rvos_ray.config import apply_overrides
 from rvos_ray.data import io as dio
 from rvos_ray.models.cfbi import CFBIConfig
 from rvos_ray.registry import ConfigError
@@ -79,8 +79,7 @@ def load_train_config(path: str | None, overrides: list[str] | None = None) -> T
             if not dio.exists(path):
                 raise ConfigError(f"config file {path} does not exist")
             cfg = OmegaConf.merge(cfg, OmegaConf.create(dio.read_bytes(path).decode()))
-        for item in overrides or ():
-            apply_override(cfg, item)
+        apply_overrides(cfg, overrides)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         msg = getattr(e, "msg", str(e))
