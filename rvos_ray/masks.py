@@ -1,8 +1,13 @@
-"""COCO RLE masks (pycocotools): encode, decode, areas, IoU matrices and tracklet-IoU.
+"""COCO RLE masks (pycocotools): encode, decode, areas, boxes, IoU matrices and tracklet-IoU.
 
 A mask at rest is its RLE ``counts`` (bytes) plus the frame's height and width; the
 functions here take and return that form. Area, IoU and tracklet-IoU are computed on the
 run-length encoding itself, never by decoding to dense arrays.
+
+This is the project's only door to ``pycocotools.mask``: every function here is correct for any
+number of masks. (pycocotools' ``area()`` sizes its result with a uint8 array built from the
+mask count, which NumPy 2 refuses above 255 masks; :func:`areas` calls it in chunks of
+:data:`CHUNK`.)
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from pycocotools import mask as _coco
+
+#: masks per pycocotools call where pycocotools itself cannot take more (``area``: <= 255)
+CHUNK = 255
 
 
 def _rle(counts: bytes, height: int, width: int) -> dict:
@@ -45,10 +53,29 @@ def empty(height: int, width: int) -> bytes:
 
 
 def areas(rles: Sequence[bytes], height: int, width: int) -> np.ndarray:
-    """Pixel counts of each mask (int64)."""
+    """Pixel counts of each mask (int64), for any number of masks."""
+    out = np.zeros(len(rles), dtype=np.int64)
+    for s in range(0, len(rles), CHUNK):
+        part = [_rle(c, height, width) for c in rles[s : s + CHUNK]]
+        out[s : s + len(part)] = np.asarray(_coco.area(part), dtype=np.int64).reshape(-1)
+    return out
+
+
+def boxes_xywh(rles: Sequence[bytes], height: int, width: int) -> np.ndarray:
+    """(N, 4) float64 bounding boxes (x, y, w, h) of each mask; zeros for an empty mask."""
     if len(rles) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.asarray(_coco.area([_rle(c, height, width) for c in rles]), dtype=np.int64)
+        return np.zeros((0, 4), dtype=np.float64)
+    return np.asarray(_coco.toBbox([_rle(c, height, width) for c in rles]), dtype=np.float64).reshape(-1, 4)
+
+
+def from_uncompressed(counts: Sequence[int], height: int, width: int) -> bytes:
+    """An uncompressed COCO RLE (a list of run lengths) -> compressed RLE counts."""
+    return _coco.frPyObjects({"size": [int(height), int(width)], "counts": list(counts)}, height, width)["counts"]
+
+
+def from_polygons(polygons: Sequence[Sequence[float]], height: int, width: int) -> bytes:
+    """COCO polygons (one object, possibly several parts) rasterised and merged -> RLE counts."""
+    return _coco.merge(_coco.frPyObjects([list(p) for p in polygons], height, width))["counts"]
 
 
 def iou_matrix(a: Sequence[bytes], b: Sequence[bytes], height: int, width: int) -> np.ndarray:

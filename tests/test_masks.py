@@ -65,3 +65,56 @@ def test_tracklet_iou_all_empty_is_zero_and_shape_checked():
     assert masks.tracklet_iou([[e]], [[e]], 3, 3).tolist() == [[0.0]]
     with pytest.raises(ValueError, match="frames"):
         masks.tracklet_iou([[e]], [[e], [e]], 3, 3)
+
+
+def test_every_function_takes_more_than_255_masks():
+    """pycocotools' area() refuses > 255 masks per call under NumPy 2; masks.py must not."""
+    rng = np.random.default_rng(7)
+    n, h, w = 1200, 6, 7
+    dense = _rand_masks(rng, n, h, w, p=0.4)
+    rles = masks.encode_many(dense)
+    np.testing.assert_array_equal(masks.areas(rles, h, w), dense.reshape(n, -1).sum(1))
+    boxes = masks.boxes_xywh(rles, h, w)
+    assert boxes.shape == (n, 4)
+    for m, b in zip(dense[:50], boxes[:50]):
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            assert tuple(b) == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    inter, union = masks.intersection_matrix(rles, rles[:3], h, w)
+    d = dense.reshape(n, -1).astype(np.int64)
+    np.testing.assert_array_equal(inter, d @ d[:3].T)
+    # tracklet-IoU with 300 tracklets on each of 4 frames (one frame's masks > 255)
+    frames = [rles[t * 300 : (t + 1) * 300] for t in range(4)]
+    t_iou = masks.tracklet_iou(frames, frames, h, w)
+    assert t_iou.shape == (300, 300)
+    np.testing.assert_allclose(np.diag(t_iou)[np.diag(t_iou) > 0], 1.0)
+
+
+def test_grounder_boxes_of_a_long_video():
+    """A 36-frame video with 10 tracklets: 360 masks in one call (the grounder's geometry)."""
+    from rvos_ray.models.grounder import boxes_from_rles
+
+    rng = np.random.default_rng(3)
+    T, P, h, w = 36, 10, 8, 9
+    dense = _rand_masks(rng, T * P, h, w, p=0.5).reshape(T, P, h, w)
+    rles = [[masks.encode(dense[t, p]) for p in range(P)] for t in range(T)]
+    boxes, present = boxes_from_rles(rles, h, w)
+    assert boxes.shape == (T, P, 5) and present.all()
+    assert (boxes[..., 4] > 0).all() and (boxes[..., 4] <= 1).all()
+
+
+def test_uncompressed_and_polygons():
+    m = np.zeros((5, 6), np.uint8)
+    m[1:3, 2:5] = 1
+    # column-major run lengths of m
+    flat = m.flatten(order="F")
+    runs, cur, n = [], 0, 0
+    for v in flat:
+        if v != cur:
+            runs.append(n)
+            cur, n = v, 0
+        n += 1
+    runs.append(n)
+    np.testing.assert_array_equal(masks.decode(masks.from_uncompressed(runs, 5, 6), 5, 6), m)
+    poly = masks.from_polygons([[0, 0, 4, 0, 4, 2, 0, 2]], 5, 6)
+    assert masks.areas([poly], 5, 6)[0] > 0

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as coco_mask
 
+from rvos_ray import masks
 from rvos_ray.data import io as dio
 from rvos_ray.data.errors import DataError
 from rvos_ray.data.refytvos import ANNOTATION_EXT, FRAME_EXT, RefYTVOS
@@ -63,16 +63,15 @@ def to_coco(
                         f"{reader.annotation_path(vid, frame)}: object id {int(obj)} has no "
                         f"category in {meta_uri} (videos.{vid}.objects)"
                     )
-                mask = np.asfortranarray((labels == obj).astype(np.uint8))
-                rle = coco_mask.encode(mask)
+                counts = masks.encode((labels == obj).astype(np.uint8))
                 annotations.append(
                     dict(
                         id=len(annotations) + 1,
                         image_id=image_id,
                         category_id=cat_id[vid_cats[int(obj)]],
-                        segmentation=dict(size=[int(height), int(width)], counts=rle["counts"].decode("ascii")),
-                        area=float(coco_mask.area(rle)),
-                        bbox=[float(v) for v in coco_mask.toBbox(rle)],
+                        segmentation=dict(size=[int(height), int(width)], counts=counts.decode("ascii")),
+                        area=float(masks.areas([counts], height, width)[0]),
+                        bbox=[float(v) for v in masks.boxes_xywh([counts], height, width)[0]],
                         iscrowd=0,
                         obj_id=int(obj),
                     )

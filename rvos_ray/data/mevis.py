@@ -19,7 +19,6 @@ read on the first mask request, not when the reader is built.
 from __future__ import annotations
 
 import numpy as np
-from pycocotools import mask as coco_mask
 
 from rvos_ray import masks
 from rvos_ray.data import io as dio
@@ -156,7 +155,7 @@ class MeViS:
             raise DataError(f"{where}: RLE size {rle['size']} differs from the video's {h}x{w}")
         counts = rle["counts"]
         if isinstance(counts, list):  # uncompressed RLE
-            counts = coco_mask.frPyObjects({"size": [h, w], "counts": counts}, h, w)["counts"]
+            counts = masks.from_uncompressed(counts, h, w)
         elif isinstance(counts, str):
             counts = counts.encode("ascii")
         try:

@@ -26,8 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pycocotools import mask as _coco
-
+from rvos_ray import masks
 from rvos_ray.data import io as fio
 from rvos_ray.data.errors import DataError
 
@@ -127,14 +126,12 @@ class RefCOCO:
         if isinstance(seg, list):  # polygons
             if not seg:
                 raise DataError(f"{self.instances_path}: annotation {ann['id']} has no polygon")
-            r = _coco.merge(_coco.frPyObjects(seg, h, w))
-        elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed RLE
-            r = _coco.frPyObjects(seg, h, w)
-        elif isinstance(seg, dict):
-            r = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
-        else:
-            raise DataError(f"{self.instances_path}: annotation {ann['id']} has no segmentation")
-        return r["counts"]
+            return masks.from_polygons(seg, h, w)
+        if isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed RLE
+            return masks.from_uncompressed(seg["counts"], h, w)
+        if isinstance(seg, dict):
+            return seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]
+        raise DataError(f"{self.instances_path}: annotation {ann['id']} has no segmentation")
 
     def samples(self, split: str, max_candidates: int | None = None) -> Iterator[RefSample]:
         """One sample per sentence of every ref in ``split``. With ``max_candidates``, the target

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as _coco
 from torch import nn
 from torch.nn import functional as F
 
+from rvos_ray import masks as rle
 from rvos_ray.registry import TEXT_ENCODERS, VISUAL_ENCODERS, ConfigError, parse_options
 
 __all__ = [
@@ -114,9 +114,9 @@ def boxes_from_rles(rles: Sequence[Sequence[bytes | None]], height: int, width: 
     present = np.zeros((T, P), dtype=bool)
     flat = [(t, p, c) for t in range(T) for p, c in enumerate(rles[t]) if c is not None]
     if flat:
-        objs = [{"size": [height, width], "counts": c} for _, _, c in flat]
-        xywh = _coco.toBbox(objs).reshape(-1, 4)
-        area = _coco.area(objs).reshape(-1)
+        counts = [c for _, _, c in flat]
+        xywh = rle.boxes_xywh(counts, height, width)
+        area = rle.areas(counts, height, width)
         for (t, p, _), b, a in zip(flat, xywh, area):
             if a > 0:
                 present[t, p] = True
