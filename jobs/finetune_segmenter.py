@@ -36,9 +36,12 @@ def main() -> int:
     if not rest:
         p.error("pass the finetune-segmenter options (--config, --data-root, --work-dir, ...)")
 
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from rvos_ray.runtime import ray_session
+
+    ray_session.connect(args.address)  # joins the cluster (default: RAY_ADDRESS, else "auto")
     import ray
 
-    ray.init(address=args.address, include_dashboard=False)
     task = ray.remote(num_gpus=args.num_gpus, num_cpus=args.num_cpus, max_retries=1)(_train)
     code = ray.get(task.remote(rest))
     return int(code)

@@ -35,9 +35,12 @@ def main() -> int:
     if "--config" not in rest:
         p.error("pass the train-propagator options: --config FILE [key=value ...]")
 
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from rvos_ray.runtime import ray_session
+
+    ray_session.connect(args.address)  # joins the cluster (default: RAY_ADDRESS, else "auto")
     import ray
 
-    ray.init(address=args.address, include_dashboard=False)
     task = ray.remote(num_gpus=args.num_gpus, num_cpus=args.num_cpus, max_retries=1)(_train)
     return int(ray.get(task.remote(rest)))
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rvos_ray.demo_models import ASSETS
+from rvos_ray.runtime import ray_session
 
 #: the repository this package lives in (the demo's configs are read from its configs/)
 REPO = Path(__file__).resolve().parent.parent
@@ -196,19 +197,6 @@ def print_report(full: dict[str, Any], baseline: dict[str, Any] | None, stages: 
 # --------------------------------------------------------------------------------------------
 
 
-def _start_ray(init_ray, cfg, address: str | None, retries: int) -> bool:
-    """``init_ray``, retried when a local node misses Ray's start window (its agents can take
-    longer than that to start on an overloaded machine; Ray then raises a bare Exception)."""
-    for attempt in range(retries):
-        try:
-            return init_ray(cfg, address)
-        except Exception as e:  # noqa: BLE001 - Ray's slow-start error has no type of its own
-            if "timed out during startup" not in str(e) or attempt == retries - 1:
-                raise
-            print(f"local Ray did not start in time ({str(e).splitlines()[0]}); retrying", flush=True)
-    return False
-
-
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Everything :func:`main` does, returning the figures (also written to ``<out>/demo.json``)."""
     t0 = time.time()
@@ -226,19 +214,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     overrides = list(args.overrides) + (["ray.dashboard=true"] if args.dashboard else [])
     cfg = resolved_config(args.config, overrides, args.data, os.path.join(out, "pipeline"), out_file=cfg_file)
 
-    # Ray reads these when it is first imported: set them before the runtime imports it. A local
-    # Ray gets token authentication (its ports listen on 127.0.0.1, but any local user could
-    # connect); a cluster given by --address keeps the user's own settings.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    local = not (args.address or cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-    if local and "ray" not in sys.modules:  # once imported, Ray keeps the mode it read
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        # a busy machine can take longer than Ray's defaults to start the node's agents
-        os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
-        os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+    # Ray reads its loopback and authentication settings when it is first imported: set them
+    # before the runtime imports it (a cluster given by --address keeps its own).
+    ray_session.prepare(ray_session.target_address(args.address, cfg.ray.address))
     from rvos_ray.runtime.ray_exec import init_ray, run_ray
 
-    started = _start_ray(init_ray, cfg, args.address, retries=3 if local else 1)
+    started = init_ray(cfg, args.address)
     if args.dashboard and started:
         print("Ray dashboard on 127.0.0.1:8265", flush=True)
     try:
@@ -252,10 +233,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             b = run_ray(bcfg, address=args.address, progress=not args.no_progress)
             baseline = _row(name, b)
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        ray_session.disconnect(started)
     from rvos_ray.runtime.pipeline import list_work
 
     ids = [w.video_id for w in list_work(cfg)]

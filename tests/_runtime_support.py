@@ -18,6 +18,14 @@ TINY = REPO / "configs" / "tiny.yaml"
 VIDEOS = 3
 
 
+def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback (::ffff:127.0.0.1)."""
+    import ipaddress
+
+    a = ipaddress.ip_address(ip.split("%")[0])
+    return a.is_loopback or bool(getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback)
+
+
 def make_data(root: Path, videos: int = VIDEOS) -> Path:
     """Three short 64x96 videos of the synthetic benchmark (train and valid, both annotated)."""
     make_shapes(str(root), videos=videos, seed=0, height=64, width=96, min_frames=4, max_frames=5)

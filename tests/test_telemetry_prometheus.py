@@ -30,7 +30,8 @@ ray = pytest.importorskip("ray")
 from rvos_ray.config import load_config  # noqa: E402
 from rvos_ray.data.synthetic import make_shapes  # noqa: E402
 from rvos_ray.runtime.pipeline import STAGES  # noqa: E402
-from rvos_ray.runtime.ray_exec import RAY_ENV, RayExecutor  # noqa: E402
+from rvos_ray.runtime.ray_exec import RayExecutor  # noqa: E402
+from rvos_ray.runtime.ray_session import LOCAL_ENV  # noqa: E402
 from rvos_ray.telemetry import dashboard  # noqa: E402
 from rvos_ray.telemetry import metrics as tm  # noqa: E402
 
@@ -48,7 +49,7 @@ def live(tmp_path_factory):
     bad = sorted((data / "valid" / "JPEGImages").iterdir())[0]
     for f in bad.iterdir():
         f.write_bytes(b"this is not a JPEG")
-    for k, v in RAY_ENV.items():
+    for k, v in LOCAL_ENV.items():
         os.environ.setdefault(k, v)
     # Ray's socket paths must stay short; its dashboard writes the service-discovery file there
     # an earlier test in this process may have installed its own telemetry: start from auto

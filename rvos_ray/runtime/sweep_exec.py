@@ -21,51 +21,29 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-#: set before Ray is imported (Ray reads them at import): Tune's plain reporter (quiet at
-#: verbose=0) instead of its console tables, as the sweep prints its own leaderboard. The
-#: authentication mode is chosen by the CLI before this import, as `rvos-ray run` does
-#: (token mode for a local Ray, a joined cluster's own mode otherwise).
-SWEEP_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AIR_NEW_OUTPUT": "0"}
-for _k, _v in SWEEP_ENV.items():
-    os.environ.setdefault(_k, _v)
+#: set before Ray is imported (Ray reads it at import): Tune's plain reporter (quiet at
+#: verbose=0) instead of its console tables, as the sweep prints its own leaderboard. Loopback
+#: and authentication are chosen by the CLI before this import (ray_session.prepare).
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import ray  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from ray import tune  # noqa: E402
 
 from rvos_ray.registry import ConfigError  # noqa: E402
-from rvos_ray.runtime.ray_exec import RAY_ENV  # noqa: E402
+from rvos_ray.runtime import ray_session  # noqa: E402
 from rvos_ray.sweep.cache import RunCache  # noqa: E402
 from rvos_ray.sweep.space import SweepSpace  # noqa: E402
 
 __all__ = ["init_sweep_ray", "ray_map", "param_space", "search_alg", "run_tune"]
 
-START_ATTEMPTS = 3  # local Ray starts tried before giving up
-
 
 def init_sweep_ray(sweep: DictConfig, address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Join ``address`` / ``ray.address`` / ``RAY_ADDRESS``, or start a local Ray on 127.0.0.1
-    without a dashboard. Returns True when this call started or joined Ray (caller shuts down)."""
-    for k, v in RAY_ENV.items():
-        os.environ.setdefault(k, v)
-    if ray.is_initialized():
-        return False
-    addr = address or str(sweep.ray.address or "") or os.environ.get("RAY_ADDRESS", "")
-    if addr:
-        ray.init(address=addr, log_to_driver=False)
-        return True
+    """Join ``address`` / ``ray.address`` / ``RAY_ADDRESS``, or start a new local Ray on
+    127.0.0.1 without a dashboard. Returns True when this call connected (caller disconnects)."""
     n = num_cpus if num_cpus is not None else sweep.ray.num_cpus
-    for attempt in range(START_ATTEMPTS):
-        try:
-            ray.init(num_cpus=None if n is None else int(n), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", log_to_driver=False)
-            return True
-        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for a slow node start
-            # On an overloaded machine the node's agents can miss Ray's fixed start window.
-            if "timed out during startup" not in str(e) or attempt == START_ATTEMPTS - 1:
-                raise
-            print(f"local Ray did not start in time ({str(e).splitlines()[0]}); retrying", flush=True)
-    return True
+    return ray_session.connect(ray_session.target_address(address, sweep.ray.address),
+                               num_cpus=None if n is None else int(n), log_to_driver=False)
 
 
 def ray_map(fn: Callable, items: list) -> list:

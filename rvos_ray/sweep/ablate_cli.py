@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
+from rvos_ray.runtime import ray_session
 from rvos_ray.sweep.ablation import load_ablation_config, run_ablation, table_markdown, write_tables
 
 SMOKE_OVERRIDES = ["data.videos=1", "run.submission_zip=false"]
@@ -38,10 +38,8 @@ def main(argv: list[str]) -> int:
         acfg.base = args.base
     if args.executor:
         acfg.executor = args.executor
-    if acfg.executor == "ray" and not (args.address or os.environ.get("RAY_ADDRESS")):
-        from rvos_ray.runtime.run_cli import LOCAL_AUTH_MODE
-
-        os.environ.setdefault("RAY_AUTH_MODE", LOCAL_AUTH_MODE)  # as rvos-ray run, before Ray is imported
+    if acfg.executor == "ray":
+        ray_session.prepare(ray_session.target_address(args.address))  # before Ray is imported
     overrides = list(args.overrides) + (SMOKE_OVERRIDES if args.smoke_test else [])
     rows = run_ablation(acfg, overrides, out=args.out, address=args.address)
     out = args.out or str(acfg.out)

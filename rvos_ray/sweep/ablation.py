@@ -36,6 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rvos_ray.config import RunConfig, load_config
 from rvos_ray.data import io as fio
 from rvos_ray.registry import ConfigError
+from rvos_ray.runtime import ray_session
 
 __all__ = ["AblationConfig", "load_ablation_config", "row_config", "run_ablation", "table_markdown", "table_csv"]
 
@@ -137,10 +138,7 @@ def run_ablation(acfg: DictConfig, extra_overrides: Sequence[str] = (), out: str
                             "failed": s["failed"], "expressions": s.get("scored_expressions", 0),
                             "wall_seconds": float(s["wall_seconds"])})
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        ray_session.disconnect(started)
     return results
 
 

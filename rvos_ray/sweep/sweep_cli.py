@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from rvos_ray.data import io as fio
+from rvos_ray.runtime import ray_session
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.sweep.cache import load_cache, load_run_config
 from rvos_ray.sweep.report import best_config, format_table, leaderboard_frame, write_leaderboard
@@ -45,10 +46,7 @@ def build_parser(prog: str = "rvos-ray sweep") -> argparse.ArgumentParser:
 def sweep(args: argparse.Namespace, log=print) -> dict[str, Any]:
     """Run the sweep of ``args``; returns its summary (also written to summary.json)."""
     sc = load_sweep_config(args.config, args.overrides)
-    if not (args.address or str(sc.ray.address or "") or os.environ.get("RAY_ADDRESS")):
-        from rvos_ray.runtime.run_cli import LOCAL_AUTH_MODE
-
-        os.environ.setdefault("RAY_AUTH_MODE", LOCAL_AUTH_MODE)  # before Ray is imported
+    ray_session.prepare(ray_session.target_address(args.address, sc.ray.address))  # before Ray is imported
     from rvos_ray.runtime import sweep_exec
 
     rd = RunDir(args.run)
@@ -75,10 +73,7 @@ def sweep(args: argparse.Namespace, log=print) -> dict[str, Any]:
         rows = sweep_exec.run_tune(cache, space, sc, rd.path("sweeps"), str(sc.name), num_samples)
         tune_s = time.perf_counter() - t0
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        ray_session.disconnect(started)
     kind = "full" if space.full_pipeline else "cache"
     for r in rows:
         r["kind"] = kind

@@ -39,6 +39,7 @@ from rvos_ray.config import load_config
 from rvos_ray.data.errors import DataError
 from rvos_ray.models.grounder import Grounder, grounding_loss, masked_softmax
 from rvos_ray.registry import ConfigError
+from rvos_ray.runtime import ray_session
 from rvos_ray.training.grounder_data import (
     FeatureCache,
     build_feature_cache,
@@ -118,39 +119,11 @@ def _cache(model: Grounder, sets, max_candidates: int, cache_dir: Path) -> str |
 
 
 def _ray_init(cfg) -> bool:
-    """Join ``ray.address`` (or ``RAY_ADDRESS`` under ``ray job submit``), or start a local Ray
-    bound to 127.0.0.1 with token authentication, as the pipeline's runtime does. Returns True
-    when this call connected (the caller then shuts Ray down), False when the process already was.
-
-    Ray reads ``RAY_AUTH_MODE`` when it is first imported, so the variable is set before the
-    import; a process that imported Ray earlier must set it itself."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    address = str(cfg.ray.address or "") or os.environ.get("RAY_ADDRESS", "")
-    if not address:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        # a busy machine can take longer than Ray's defaults to start the node's agents
-        os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
-        os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address)
-        return True
-    n = cfg.ray.num_cpus
-    for attempt in range(3):
-        try:
-            ray.init(num_cpus=None if n is None else int(n), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", log_to_driver=False)
-            return True
-        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for a slow node start
-            # On an overloaded machine the node's agents can miss Ray's fixed 30 s start window.
-            if "timed out during startup" not in str(e) or attempt == 2:
-                raise
-            print(f"[train-grounder] local Ray did not start in time ({e}); retrying", flush=True)
-            ray.shutdown()
-    raise AssertionError("unreachable: the last attempt returns or raises")
+    """Join ``ray.address`` (or ``RAY_ADDRESS`` under ``ray job submit``), or start a new local
+    Ray on 127.0.0.1, as the pipeline's runtime does. Returns True when this call connected
+    (the caller then disconnects), False when the process already was."""
+    return ray_session.connect(ray_session.target_address(None, cfg.ray.address), num_cpus=cfg.ray.num_cpus,
+                               log_to_driver=False)
 
 
 def train(cfg, variant: str = "") -> dict[str, Any]:
@@ -203,10 +176,7 @@ def train(cfg, variant: str = "") -> dict[str, Any]:
             summary[f"{phase}_seconds"] = round(time.time() - t0, 1)
             init = str(final)
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        ray_session.disconnect(started)
     if init:
         shutil.copyfile(init, out / "grounder.pt")
         summary["checkpoint"] = str(out / "grounder.pt")
