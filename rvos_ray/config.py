@@ -39,6 +39,7 @@ class DataConfig:
     split: str = "valid"  # train / valid / test
     dataset: str = "refytvos"  # refytvos | davis | mevis
     videos: Any = None  # None (all), a count, or a list of video ids
+    strict: bool = False  # a video with broken input (missing frame, bad meta entry) stops the run
 
 
 @dataclass

@@ -130,6 +130,7 @@ class Failure:
     stage: str
     error: str
     message: str
+    traceback: str = ""  # where it was raised (the worker's traceback under Ray)
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ FAILURE_SCHEMA = pa.schema(
         ("stage", pa.string()),
         ("error", pa.string()),
         ("message", pa.string()),
+        ("traceback", pa.string()),
     ]
 )
 

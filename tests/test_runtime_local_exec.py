@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from _runtime_support import VIDEOS, assert_same_results, copy_data, corrupt_video, make_data, tiny_cfg
+from rvos_ray.data.errors import DataError
 from rvos_ray.registry import ConfigError
 from rvos_ray.runtime.local_exec import LocalStages, run_local
 from rvos_ray.runtime.pipeline import STAGES
@@ -100,6 +101,10 @@ def test_unreadable_frames_give_a_failure_record_and_the_rest_is_scored(clean_ru
     assert "cannot read frame" in f["message"]
     failures = pq.read_table(run / "failures.parquet").to_pylist()
     assert [r["video_id"] for r in failures] == [vid]
+    # the record keeps where it was raised: the traceback down to the frame reader
+    record = json.loads((run / "failures" / f"{vid}.json").read_text())
+    for tb in (record["traceback"], failures[0]["traceback"]):
+        assert "Traceback" in tb and "read_image" in tb and "DataError" in tb
     # the driver's event names the failed stage without passing the event off as that stage's
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     [ev] = [e for e in events if e["item"] == "video_failed"]
@@ -111,3 +116,22 @@ def test_unreadable_frames_give_a_failure_record_and_the_rest_is_scored(clean_ru
     ref = pq.read_table(clean_run[0] / "metrics.parquet")
     keep = [i for i, v in enumerate(ref.column("video").to_pylist()) if v != vid]
     assert ref.take(keep).equals(metrics)
+
+
+def test_a_missing_frame_fails_its_video_and_the_rest_of_the_split_runs(clean_run, data, stages, tmp_path):
+    """A frame listed in meta_expressions without its JPEG: that video gets a failure record
+    naming the file (stage 'input'); the others run; --strict (data.strict) refuses up front."""
+    bad = copy_data(data, tmp_path / "bad")
+    folder = sorted((bad / "valid" / "JPEGImages").iterdir())[1]
+    missing = sorted(folder.iterdir())[2]
+    missing.unlink()
+    run = tmp_path / "run"
+    s = run_local(tiny_cfg(bad, run), progress=False, stages=stages)
+    assert (s["videos"], s["done"], s["failed"], s["invalid"]) == (VIDEOS, VIDEOS - 1, 1, 1)
+    [f] = s["failures"]
+    assert (f["video_id"], f["stage"], f["error"]) == (folder.name, "input", "DataError")
+    assert missing.name in f["message"] and str(folder) in f["message"]
+    assert json.loads((run / "failures" / f"{folder.name}.json").read_text())["stage"] == "input"
+    assert pq.read_table(run / "failures.parquet").column("video_id").to_pylist() == [folder.name]
+    with pytest.raises(DataError, match=missing.name):
+        run_local(tiny_cfg(bad, tmp_path / "strict", "data.strict=true"), progress=False, stages=stages)

@@ -6,6 +6,7 @@ One executor (one set of actors) serves every run of the module, as a long-lived
 would; each run has its own run directory.
 """
 
+import json
 import os
 import signal
 
@@ -18,7 +19,8 @@ ray = pytest.importorskip("ray")
 
 from rvos_ray.runtime.local_exec import run_local  # noqa: E402
 from rvos_ray.runtime.placement import PlacementError  # noqa: E402
-from rvos_ray.runtime.ray_exec import RAY_ENV, RayExecutor  # noqa: E402
+from rvos_ray.runtime.ray_exec import RayExecutor  # noqa: E402
+from rvos_ray.runtime.ray_session import LOCAL_ENV  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -37,7 +39,7 @@ PINNED = (
 
 @pytest.fixture(scope="module")
 def local_ray():
-    for k, v in RAY_ENV.items():
+    for k, v in LOCAL_ENV.items():
         os.environ.setdefault(k, v)
     # RAY_AUTH_MODE is left as the process found it: Ray read it at import (unset: a new local
     # Ray uses token auth, Ray's default).
@@ -126,6 +128,9 @@ def test_unreadable_frames_fail_one_video_and_the_rest_is_scored(executor, refer
     assert (f["video_id"], f["stage"], f["error"]) == (vid, "segmentation", "DataError")
     assert "cannot read frame" in f["message"]
     assert pq.read_table(run / "failures.parquet").column("video_id").to_pylist() == [vid]
+    # the worker's traceback is kept, down to the frame reader
+    tb = json.loads((run / "failures" / f"{vid}.json").read_text())["traceback"]
+    assert "Traceback" in tb and "read_image" in tb and "DataError" in tb
     metrics = pq.read_table(run / "metrics.parquet")
     ref = pq.read_table(reference / "metrics.parquet")
     assert ref.filter(ref.column("video").to_numpy(zero_copy_only=False) != vid).equals(metrics)

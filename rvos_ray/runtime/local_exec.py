@@ -104,16 +104,23 @@ class _stage:
         return False
 
 
+def _failed(f) -> None:
+    telemetry.current().video_failed(f.stage, f.video_id, pl.STAGES)  # telemetry hook
+    log.warning("video %s failed in %s: %s: %s", f.video_id, f.stage, f.error, f.message)
+
+
 def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None = None) -> dict[str, Any]:
     """Run the split in this process; returns the summary (also in ``summary.json``).
 
     ``stages``: models already built (by :class:`LocalStages` for a config with the same model
     sections), reused instead of building them again, e.g. across runs of a test."""
     rd = resume.start_run(cfg)
-    works = pl.list_work(cfg)
-    p = resume.plan(rd, works, cfg.run.resume)
+    split = pl.load_split(cfg)
+    works = list(split.works)
+    p = resume.plan(rd, split, cfg.run.resume)
     out = resume.Outcome(executor="local")
-    out.event("run_start", videos=len(works), todo=len(p.todo), skipped=len(p.skipped))
+    out.event("run_start", videos=len(p.ids), todo=len(p.todo), skipped=len(p.skipped))
+    resume.record_invalid(rd, p, out, _failed)
     t0 = time.perf_counter()
     if stages is None and p.todo:
         stages = LocalStages(cfg)
@@ -130,10 +137,9 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
         except StageFailure as e:
             f = resume.failure_from(work.video_id, e.stage, e.cause)
             rd.write_failure(f)
-            telemetry.current().video_failed(f.stage, work.video_id, pl.STAGES)  # telemetry hook
             out.failed[work.video_id] = f
             out.event("video_failed", work.video_id, failed_stage=f.stage, error=f.error)
-            log.warning("video %s failed in %s: %s", work.video_id, f.stage, f.message)
+            _failed(f)
         bar.update(1)
         bar.set_postfix(failed=len(out.failed), skipped=len(p.skipped), rates=rates.postfix())
     bar.close()

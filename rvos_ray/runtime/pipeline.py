@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from rvos_ray import masks as rle
+from rvos_ray.data.errors import DataError
 from rvos_ray.registry import ConfigError
 from rvos_ray.runtime import stage_adapters as adapters
 from rvos_ray.runtime.run_dir import RunDir
@@ -130,8 +131,20 @@ def compute_seconds(events: Sequence[Event]) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def list_work(cfg: Any) -> list[VideoWork]:
-    """The videos of ``cfg.data`` (after ``data.videos``: None = all, a count, or ids)."""
+@dataclass(frozen=True)
+class Split:
+    """The videos of a run in split order: those ready to process, and those whose input is
+    broken (a frame listed in the meta with no JPEG, a malformed expression), each with the
+    :class:`~rvos_ray.data.errors.DataError` that names the file or key."""
+
+    works: tuple[VideoWork, ...]
+    invalid: tuple[tuple[str, DataError], ...]
+    ids: tuple[str, ...]
+
+
+def load_split(cfg: Any) -> Split:
+    """The videos of ``cfg.data`` (after ``data.videos``: None = all, a count, or ids). A video
+    whose input is broken does not stop the others (``data.strict``: it does, by raising)."""
     reader = adapters.open_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split)
     ids = reader.video_ids()
     sel = cfg.data.videos
@@ -146,7 +159,20 @@ def list_work(cfg: Any) -> list[VideoWork]:
         unknown = [v for v in chosen if v not in set(ids)]
         if unknown:
             raise ConfigError(f"data.videos: not in split {cfg.data.split!r}: {unknown[:5]}")
-    return [VideoWork(reader.video(v), tuple(reader.expressions(v))) for v in chosen]
+    works, invalid = [], []
+    for v in chosen:
+        try:
+            works.append(VideoWork(reader.video(v), tuple(reader.expressions(v))))
+        except DataError as e:
+            if cfg.data.strict:
+                raise
+            invalid.append((v, e))
+    return Split(tuple(works), tuple(invalid), tuple(chosen))
+
+
+def list_work(cfg: Any) -> list[VideoWork]:
+    """The processable videos of ``cfg.data`` (see :func:`load_split`)."""
+    return list(load_split(cfg).works)
 
 
 # --------------------------------------------------------------------------------------------

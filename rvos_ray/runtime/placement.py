@@ -73,6 +73,39 @@ class NodeResources:
         return f"node {self.address} ({self.node_id[:8]}): {have or 'no resources'}"
 
 
+def _resources(section: Mapping) -> Resources:
+    r = section["resources"]
+    return Resources(float(r["num_cpus"]), float(r["num_gpus"]), int(r["replicas"]), int(r["batch_size"]),
+                     {str(k): float(v) for k, v in r["custom"].items()})
+
+
+def requests_of(c: Mapping) -> list[ActorRequest]:
+    """Every actor replica a run of the config ``c`` (a plain dict) needs, plus one slot for
+    its CPU tasks (pooling, NMS, ensemble, writer), which ask for the ``nms`` section's."""
+    out = []
+    seg, prop, gnd = (_resources(c[s]) for s in ("segmentation", "propagation", "grounding"))
+    for m in c["segmentation"]["models"]:
+        out += [ActorRequest.of("segmentation", str(m["name"]), seg)] * seg.replicas
+    out += [ActorRequest.of("propagation", "propagator", prop)] * prop.replicas
+    for v in c["grounding"]["variants"]:
+        out += [ActorRequest.of("grounding", str(v["name"]), gnd)] * gnd.replicas
+    out.append(ActorRequest.of("tasks", "nms/ensemble/writer", _resources(c["nms"])))
+    return out
+
+
+def local_node_size(requests: Sequence[ActorRequest], cpu_count: int) -> tuple[int, dict[str, float]]:
+    """(logical CPUs, custom resources) a local Ray declares so that every request fits: at
+    least the machine's cores, more when the actors and the task slot together ask for more
+    (logical CPUs are scheduling slots: the models' threads are capped to their actor's share),
+    and each custom resource the requests name, summed."""
+    cpus = sum(r.num_cpus for r in requests)
+    custom: dict[str, float] = {}
+    for r in requests:
+        for k, v in r.custom.items():
+            custom[k] = custom.get(k, 0.0) + float(v)
+    return max(int(cpu_count), int(-(-cpus // 1))), custom
+
+
 def check_feasible(requests: Sequence[ActorRequest], nodes: Sequence[NodeResources]) -> None:
     """Raise :class:`PlacementError` if some actor fits on no node at all, or if the actors
     together need more of a resource than the whole cluster has. (A packing that fits the

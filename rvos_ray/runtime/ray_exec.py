@@ -42,23 +42,22 @@ from tqdm import tqdm
 from rvos_ray.runtime import pipeline as pl
 from rvos_ray.runtime import resume
 from rvos_ray.runtime import stage_adapters as adapters
-from rvos_ray.runtime.placement import ActorRequest, NodeResources, PlacementError, check_feasible, explain
+from rvos_ray.runtime import ray_session
+from rvos_ray.runtime.placement import (
+    ActorRequest,
+    NodeResources,
+    PlacementError,
+    check_feasible,
+    explain,
+    local_node_size,
+    requests_of,
+)
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.telemetry import metrics as telemetry
 from rvos_ray.telemetry.progress import StageRates
 from rvos_ray.types import Failure, Resources
 
 log = logging.getLogger(__name__)
-
-#: environment for a Ray this driver starts or joins (setdefault: the user's value wins)
-RAY_ENV = {
-    # Ray refuses multi-node clusters on Windows/macOS unless this is set; keep that refusal.
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-}
-# Authentication (RAY_AUTH_MODE) is read by Ray when it is imported, so it is chosen before
-# that: `rvos-ray run` sets token mode for the local Ray it starts (run_cli.LOCAL_AUTH_MODE),
-# and a cluster we join keeps its own mode (the job's or the user's environment). A library
-# caller that leaves it unset gets Ray's own default for a new local Ray: token mode too.
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,38 +66,22 @@ RAY_ENV = {
 
 
 def init_ray(cfg: DictConfig, address: str | None = None) -> bool:
-    """Join ``address`` (or ``ray.address``), or start a local Ray bound to 127.0.0.1.
+    """Join ``address`` / ``ray.address`` / ``RAY_ADDRESS``, or start a local Ray on 127.0.0.1
+    (:mod:`rvos_ray.runtime.ray_session`) sized for this config's actors and tasks unless
+    ``ray.num_cpus`` / ``ray.resources`` say otherwise.
 
-    Returns True when this call started Ray (the caller then shuts it down). A Ray already
+    Returns True when this call connected (the caller then shuts Ray down). A Ray already
     initialized in this process (tests, notebooks) is used as is."""
-    for k, v in RAY_ENV.items():
-        os.environ.setdefault(k, v)
-    if ray.is_initialized():
-        return False
-    addr = address if address is not None else str(cfg.ray.address or "")
-    # Under `ray job submit` the job's driver finds its cluster in RAY_ADDRESS.
-    addr = addr or os.environ.get("RAY_ADDRESS", "")
-    if addr:
-        ray.init(address=addr, log_to_driver=bool(cfg.ray.log_to_driver))
-        return True
-    num_cpus = cfg.ray.num_cpus
-    try:
-        ray.init(
-            # "local": always a new Ray; address=None would join any head `ray start` left running.
-            address="local",
-            num_cpus=None if num_cpus is None else int(num_cpus),
-            resources={str(k): float(v) for k, v in cfg.ray.resources.items()} or None,
-            include_dashboard=bool(cfg.ray.dashboard),
-            dashboard_host=str(cfg.ray.dashboard_host),
-            _node_ip_address="127.0.0.1",
-            log_to_driver=bool(cfg.ray.log_to_driver),
-        )
-    except BaseException:
-        # a start that failed half-way (a node that missed Ray's start window) leaves this
-        # process marked as connected: undo it, so a retry starts afresh instead of reusing it
-        ray.shutdown()
-        raise
-    return True
+    addr = ray_session.target_address(address, cfg.ray.address)
+    num_cpus, resources = cfg.ray.num_cpus, dict(cfg.ray.resources)
+    if not addr and (num_cpus is None or not resources):
+        auto_cpus, auto_custom = local_node_size(requests_of(OmegaConf.to_container(cfg, resolve=True)),
+                                                 os.cpu_count() or 1)
+        num_cpus = auto_cpus if num_cpus is None else num_cpus
+        resources = resources or auto_custom
+    return ray_session.connect(addr, num_cpus=None if num_cpus is None else int(num_cpus), resources=resources,
+                               dashboard=bool(cfg.ray.dashboard), dashboard_host=str(cfg.ray.dashboard_host),
+                               log_to_driver=bool(cfg.ray.log_to_driver))
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,10 +235,11 @@ def failure_of(video_id: str, err: BaseException) -> Failure:
     if isinstance(err, ray.exceptions.RayTaskError):
         stage = _stage_of(names[-1]) if names else "unknown"
         cause = getattr(err, "cause", None) or err
-        return resume.failure_from(video_id, stage, cause)
+        tb = _ANSI.sub("", str(getattr(err, "traceback_str", "") or text))  # the worker's traceback
+        return resume.failure_from(video_id, stage, cause, tb)
     # An actor that died for good, an object lost with its node, ...: name the actor's stage.
     stage = next((s for name, s in _STAGE_OF.items() if name.endswith("Actor") and name in text), "unknown")
-    return resume.failure_from(video_id, stage, err)
+    return resume.failure_from(video_id, stage, err, text)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -326,15 +310,7 @@ class RayExecutor:
 
     def requests(self) -> list[ActorRequest]:
         """Every actor replica the run needs, plus one slot for the CPU tasks."""
-        out = []
-        seg, prop, gnd = self._res("segmentation"), self._res("propagation"), self._res("grounding")
-        for m in self.c["segmentation"]["models"]:
-            out += [ActorRequest.of("segmentation", str(m["name"]), seg)] * seg.replicas
-        out += [ActorRequest.of("propagation", "propagator", prop)] * prop.replicas
-        for v in self.c["grounding"]["variants"]:
-            out += [ActorRequest.of("grounding", str(v["name"]), gnd)] * gnd.replicas
-        out.append(ActorRequest.of("tasks", "nms/ensemble/writer", self._res("nms")))
-        return out
+        return requests_of(self.c)
 
     def start_actors(self) -> None:
         """Create every actor, check placement, wait (bounded) until all are placed, then until
@@ -465,10 +441,12 @@ class RayExecutor:
             self._use(cfg)
         cfg = self.cfg
         self.rd: RunDir = resume.start_run(cfg)
-        works = pl.list_work(cfg)
-        p = resume.plan(self.rd, works, cfg.run.resume)
+        split = pl.load_split(cfg)
+        works = list(split.works)
+        p = resume.plan(self.rd, split, cfg.run.resume)
         out = resume.Outcome(executor="ray")
-        out.event("run_start", videos=len(works), todo=len(p.todo), skipped=len(p.skipped))
+        out.event("run_start", videos=len(p.ids), todo=len(p.todo), skipped=len(p.skipped))
+        resume.record_invalid(self.rd, p, out, _failed)
         out.timings = {"setup_s": 0.0, "loop_s": 0.0}
         if p.todo:
             self.cfg_ref = ray.put(self.c)
@@ -514,10 +492,9 @@ class RayExecutor:
                 except Exception as e:  # whatever ended this video's graph: recorded, the split goes on
                     f = failure_of(vid, e)
                     self.rd.write_failure(f)
-                    telemetry.current().video_failed(f.stage, vid, pl.STAGES)  # telemetry hook
                     out.failed[vid] = f
                     out.event("video_failed", vid, failed_stage=f.stage, error=f.error)
-                    log.warning("video %s failed in %s: %s: %s", vid, f.stage, f.error, f.message)
+                    _failed(f)
                     self.on_phase("failed", vid)
                     bar.update(1)
                     bar.set_postfix(failed=len(out.failed), skipped=len(p.skipped), rates=rates.postfix())
@@ -536,6 +513,11 @@ class RayExecutor:
         bar.close()
 
 
+def _failed(f: Failure) -> None:
+    telemetry.current().video_failed(f.stage, f.video_id, pl.STAGES)  # telemetry hook
+    log.warning("video %s failed in %s: %s: %s", f.video_id, f.stage, f.error, f.message)
+
+
 def run_ray(cfg: DictConfig, address: str | None = None, progress: bool = True,
             on_phase: Callable[[str, str], None] | None = None) -> dict[str, Any]:
     """Start or join Ray, run the split, and shut down a Ray this call started."""
@@ -544,7 +526,6 @@ def run_ray(cfg: DictConfig, address: str | None = None, progress: bool = True,
     try:
         summary = RayExecutor(cfg, on_phase).run(progress=progress)
     finally:
-        if started:
-            ray.shutdown()
+        ray_session.disconnect(started)
     log.info("ray run finished in %.1fs", time.time() - t0)
     return summary

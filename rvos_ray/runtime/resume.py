@@ -9,7 +9,8 @@ or was interrupted half-way.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from omegaconf import DictConfig
 
 from rvos_ray.data import io as fio
 from rvos_ray.runtime import stage_adapters as adapters
-from rvos_ray.runtime.pipeline import VideoWork
+from rvos_ray.runtime.pipeline import Split, VideoWork
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.types import Failure
 
@@ -26,6 +27,8 @@ from rvos_ray.types import Failure
 class Plan:
     todo: list[VideoWork]
     skipped: list[str]
+    invalid: list[Failure] = field(default_factory=list)  # broken input: failed before any stage
+    ids: list[str] = field(default_factory=list)  # every video of the split selection, in order
 
 
 @dataclass
@@ -59,10 +62,26 @@ def start_run(cfg: DictConfig) -> RunDir:
     return rd
 
 
-def plan(rd: RunDir, works: Sequence[VideoWork], resume: bool) -> Plan:
-    """Videos to process now, and the finished ones skipped (resume)."""
+def plan(rd: RunDir, split: Split | Sequence[VideoWork], resume: bool) -> Plan:
+    """Videos to process now, the finished ones skipped (resume), and those whose input is
+    broken (failure records with stage ``input``, naming the file)."""
+    if not isinstance(split, Split):
+        split = Split(tuple(split), (), tuple(w.video_id for w in split))
     done = rd.done_videos() if resume else set()
-    return Plan([w for w in works if w.video_id not in done], [w.video_id for w in works if w.video_id in done])
+    works = split.works
+    invalid = [failure_from(v, "input", e) for v, e in split.invalid]
+    return Plan([w for w in works if w.video_id not in done], [w.video_id for w in works if w.video_id in done],
+                invalid, list(split.ids))
+
+
+def record_invalid(rd: RunDir, p: Plan, out: Outcome, on_failed: Callable[[Failure], None]) -> None:
+    """Failure records of the videos whose input is broken; ``on_failed`` (the executor's
+    telemetry and logging) is called for each."""
+    for f in p.invalid:
+        rd.write_failure(f)
+        out.failed[f.video_id] = f
+        out.event("video_failed", f.video_id, failed_stage=f.stage, error=f.error)
+        on_failed(f)
 
 
 def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan, out: Outcome) -> dict[str, Any]:
@@ -70,7 +89,7 @@ def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan,
 
     Only videos of this split selection count; the tables cover every finished one (done now
     or skipped as done earlier), so a resumed run ends with the same tables as a clean one."""
-    ids = [w.video_id for w in works]
+    ids = p.ids or [w.video_id for w in works]
     finished = [v for v in ids if v in out.done or v in set(p.skipped)]
     predictions = rd.merge("prediction", finished, "predictions.parquet")
     metrics = rd.merge("metrics", finished, "metrics.parquet")
@@ -94,6 +113,7 @@ def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan,
         "executor": out.executor,
         "run_dir": rd.uri,
         "videos": len(ids),
+        "invalid": len(p.invalid),
         "done": len(out.done),
         "skipped": len(p.skipped),
         "failed": len(failures),
@@ -103,8 +123,8 @@ def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan,
         "compute_seconds": sum(stage_seconds.values()),
         "stage_seconds": stage_seconds,
         "timings": dict(out.timings),
-        "failures": [{"video_id": f.video_id, "stage": f.stage, "error": f.error, "message": f.message}
-                     for f in failures],
+        "failures": [{"video_id": f.video_id, "stage": f.stage, "error": f.error, "message": f.message,
+                      "record": rd.path("failures", f"{f.video_id}.json")} for f in failures],
     }
     if metrics.num_rows:
         summary.update(split_scores(cfg, works, metrics))
@@ -132,7 +152,11 @@ def split_scores(cfg: DictConfig, works: Sequence[VideoWork], metrics: Any) -> d
             "scored_expressions": s["n_expressions"] - s["n_expressions_without_frames"]}
 
 
-def failure_from(video_id: str, stage: str, exc: BaseException) -> Failure:
-    """A failure record: the stage, the exception type and its message (first 2000 chars)."""
+def failure_from(video_id: str, stage: str, exc: BaseException, tb: str | None = None) -> Failure:
+    """A failure record: the stage, the exception type, its message (first 2000 chars) and the
+    traceback (``tb``: one formatted elsewhere, e.g. in a Ray worker; else ``exc``'s own)."""
     msg = str(exc).strip() or repr(exc)
-    return Failure(video_id=video_id, stage=stage, error=type(exc).__name__, message=msg[:2000])
+    if tb is None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return Failure(video_id=video_id, stage=stage, error=type(exc).__name__, message=msg[:2000],
+                   traceback=tb[-20000:])

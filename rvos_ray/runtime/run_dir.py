@@ -170,7 +170,7 @@ class RunDir:
 
     def write_failure(self, failure: Failure) -> None:
         rec = {"video_id": failure.video_id, "stage": failure.stage, "error": failure.error,
-               "message": failure.message, "failed_at": time.time()}
+               "message": failure.message, "traceback": failure.traceback, "failed_at": time.time()}
         fio.write_bytes(self.path("failures", f"{failure.video_id}.json"),
                         json.dumps(rec, sort_keys=True).encode())
 
@@ -188,7 +188,8 @@ class RunDir:
         for name in fio.list_dir(root):
             if name.endswith(".json") and not name.startswith("."):
                 rec = json.loads(fio.read_bytes(fio.join(root, name)))
-                out.append(Failure(rec["video_id"], rec["stage"], rec["error"], rec["message"]))
+                out.append(Failure(rec["video_id"], rec["stage"], rec["error"], rec["message"],
+                                   rec.get("traceback", "")))
         return out
 
     # ---- split-level merge ----------------------------------------------------------------------
@@ -213,6 +214,7 @@ class RunDir:
                 "stage": [f.stage for f in failures],
                 "error": [f.error for f in failures],
                 "message": [f.message for f in failures],
+                "traceback": [f.traceback for f in failures],
             },
             FAILURE_SCHEMA,
             "failures",
