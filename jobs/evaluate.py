@@ -16,15 +16,17 @@ import sys
 # `python jobs/evaluate.py` puts jobs/ on sys.path, not the working directory with the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rvos_ray.runtime.run_cli import build_parser, report, run_from_args  # noqa: E402
+from rvos_ray.cli import job_main  # noqa: E402
+from rvos_ray.runtime.run_cli import build_parser, exit_code, report, run_from_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("jobs/evaluate.py", "Run and score a split on Ray (a Ray job entry point).")
     args = parser.parse_args(argv)
-    report(run_from_args(args))
-    return 0
+    summary = run_from_args(args)
+    report(summary)
+    return exit_code(args, summary)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(job_main("jobs/evaluate.py", main))

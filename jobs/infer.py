@@ -16,16 +16,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rvos_ray.runtime.run_cli import build_parser, report, run_from_args  # noqa: E402
+from rvos_ray.cli import job_main  # noqa: E402
+from rvos_ray.runtime.run_cli import build_parser, exit_code, report, run_from_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("jobs/infer.py", "Write a split's submission on Ray (a Ray job entry point).")
     args = parser.parse_args(argv)
     # Submission only: never score, even where annotations exist; always zip.
-    report(run_from_args(args, forced_overrides=["run.score=false", "run.submission_zip=true"]))
-    return 0
+    summary = run_from_args(args, forced_overrides=["run.score=false", "run.submission_zip=true"])
+    report(summary)
+    return exit_code(args, summary)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(job_main("jobs/infer.py", main))

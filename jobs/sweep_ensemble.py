@@ -17,6 +17,7 @@ import sys
 # `python jobs/sweep_ensemble.py` puts jobs/ on sys.path, not the working directory with the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from rvos_ray.cli import job_main  # noqa: E402
 from rvos_ray.sweep.sweep_cli import build_parser, report, sweep  # noqa: E402
 
 
@@ -27,4 +28,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(job_main("jobs/sweep_ensemble.py", main))

@@ -18,7 +18,8 @@ import sys
 # `python jobs/train_grounder.py` puts jobs/ on sys.path, not the directory with the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from rvos_ray.cli import job_main  # noqa: E402
 from rvos_ray.training.train_grounder import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(job_main("jobs/train_grounder.py", main))

@@ -8,7 +8,9 @@ and mmdet are imported only by the commands that need them).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from collections.abc import Callable
 
 # command -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,12 +36,15 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: rvos-ray <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "rvos-ray <command> --help for a command's options."]
+    lines += ["", "rvos-ray <command> --help for a command's options; --debug (anywhere) shows the",
+              "traceback of an input, config or placement error instead of one line."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("RVOS_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -47,23 +52,41 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"rvos-ray: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
+    return guarded(f"rvos-ray {command}", lambda: importlib.import_module(COMMANDS[command][0]).main(rest), debug)
+
+
+def guarded(prog: str, fn: Callable[[], int | None], debug: bool = False) -> int:
+    """Run a command's ``main``: an input, config or placement error is printed as one clear
+    message (``prog: error: ...``) with exit code 2; ``debug`` (``--debug``, ``RVOS_DEBUG=1``)
+    lets it raise with its traceback instead. Any other exception keeps its traceback."""
     try:
-        return int(module.main(rest) or 0)
-    except (UserError, FileNotFoundError, ValueError, KeyError) as e:
-        # Input errors carry a message naming the file/key; show it, not a traceback.
-        if _is_input_error(e):
-            print(f"rvos-ray {command}: error: {e}", file=sys.stderr)
-            return 2
-        raise
+        return int(fn() or 0)
+    except Exception as e:
+        if debug or not _is_input_error(e):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: (run again with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+def job_main(prog: str, main_fn: Callable[[list[str]], int | None]) -> int:
+    """A ``jobs/*.py`` entry point: ``main_fn(argv)`` under :func:`guarded`, ``--debug`` taken
+    out of the arguments as ``rvos-ray`` does."""
+    argv = sys.argv[1:]
+    debug = "--debug" in argv or os.environ.get("RVOS_DEBUG", "") not in ("", "0")
+    rest = [a for a in argv if a != "--debug"]
+    return guarded(prog, lambda: main_fn(rest), debug)
 
 
 def _is_input_error(e: BaseException) -> bool:
     from rvos_ray.data.errors import DataError
     from rvos_ray.registry import ConfigError, RegistryError
+    from rvos_ray.runtime.placement import PlacementError
+    from rvos_ray.runtime.ray_session import RaySessionError
     from rvos_ray.types import SchemaError
 
-    return isinstance(e, (UserError, DataError, ConfigError, RegistryError, SchemaError, FileNotFoundError))
+    return isinstance(e, (UserError, DataError, ConfigError, RegistryError, SchemaError, FileNotFoundError,
+                          PlacementError, RaySessionError))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from typing import Any
 
 from rvos_ray.config import load_config
+from rvos_ray.runtime import ray_session
 
 
 def build_parser(prog: str = "rvos-ray run", description: str | None = None) -> argparse.ArgumentParser:
@@ -29,27 +29,26 @@ def build_parser(prog: str = "rvos-ray run", description: str | None = None) -> 
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
                    help="ray (default) or local: every stage in this process, no Ray")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--strict", action="store_true",
+                   help="a video with broken input (a listed frame without its JPEG, a malformed "
+                        "expression) stops the run before any video runs (data.strict=true); default: "
+                        "that video gets a failure record and the rest of the split runs")
+    p.add_argument("--fail-on-error", action="store_true",
+                   help="exit with status 1 when any video failed (for CI and `ray job submit`); "
+                        "default: 0 once the run finished, failed videos listed in the summary")
     return p
-
-
-#: RAY_AUTH_MODE for the local Ray a run starts (unless the user set one). Its ports listen on
-#: 127.0.0.1 only, but any user of this machine could still connect and run code as you; token
-#: authentication closes that (the token is ~/.ray/auth_token, created on first use and read by
-#: `ray job submit` and the dashboard too). Ray reads the mode when it is imported, so it is set
-#: here, before that. A cluster we join (--address, ray.address, RAY_ADDRESS) keeps its own mode.
-LOCAL_AUTH_MODE = "token"
 
 
 def run_from_args(args: argparse.Namespace, forced_overrides: list[str] | None = None) -> dict[str, Any]:
     """Load the config (``forced_overrides`` applied after the user's) and run it."""
-    cfg = load_config(args.config, [*args.overrides, *(forced_overrides or [])])
+    extra = ["data.strict=true"] if getattr(args, "strict", False) else []
+    cfg = load_config(args.config, [*args.overrides, *extra, *(forced_overrides or [])])
     if args.executor == "local":
         from rvos_ray.runtime.local_exec import run_local
 
         return run_local(cfg, progress=not args.no_progress)
-    joins = args.address or str(cfg.ray.address or "") or os.environ.get("RAY_ADDRESS")
-    if not joins:
-        os.environ.setdefault("RAY_AUTH_MODE", LOCAL_AUTH_MODE)
+    # before Ray is imported: loopback and token authentication for a local Ray
+    ray_session.prepare(ray_session.target_address(args.address, cfg.ray.address))
     from rvos_ray.runtime.ray_exec import run_ray
 
     return run_ray(cfg, address=args.address, progress=not args.no_progress)
@@ -65,13 +64,20 @@ def report(summary: dict[str, Any]) -> None:
     print(line)
     for f in summary["failures"]:
         print(f"  failed {f['video_id']} in {f['stage']}: {f['error']}: {f['message'].splitlines()[0][:200]}")
+    if summary["failures"]:
+        print(f"  tracebacks: {summary['run_dir']}/failures/<video>.json and failures.parquet")
     print(f"run directory: {summary['run_dir']}")
     keys = ("videos", "done", "skipped", "failed", "wall_seconds", "J", "F", "J&F")
     print(json.dumps({k: summary[k] for k in keys if k in summary}))
 
 
+def exit_code(args: argparse.Namespace, summary: dict[str, Any]) -> int:
+    return 1 if args.fail_on_error and summary["failed"] else 0
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    report(run_from_args(args))
-    return 0
+    summary = run_from_args(args)
+    report(summary)
+    return exit_code(args, summary)
