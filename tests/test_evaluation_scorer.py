@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -166,7 +167,8 @@ def test_ground_truth_as_submission_scores_exactly_one(root, tmp_path, capsys):
     for r in rows.values():
         assert (float(r["J"]), float(r["F"]), float(r["J&F"])) == (1.0, 1.0, 1.0)
     assert rows[("v0", "0")]["n_frames"] == "5" and rows[("v1", "2")]["n_frames"] == "4"
-    assert "2 videos, 6 expressions, 27 expression-frames scored (9 annotated frames)" in stdout
+    assert "scored 2 of 2 listed videos, 6 of 6 listed expressions: 27 expression-frames (9 annotated frames)" in stdout
+    assert "(mean over 6 of 6 listed expressions)" in stdout
     assert "missing prediction frames: 0 of 27" in stdout
     assert "J 1.0000   F 1.0000   J&F 1.0000" in stdout
 
@@ -440,3 +442,43 @@ def test_expression_without_obj_id_is_an_error(root, tmp_path, capsys):
     rc, _, err = run_cli(["--data-root", root, "--predictions", sub, "--out", str(tmp_path / "m.csv"),
                           "--workers", "1"], capsys)
     assert rc == 2 and meta in err and "'2'" in err and "no obj_id" in err
+
+
+# ---- listed videos without ground truth ------------------------------------------------------
+
+
+def test_listed_video_without_ground_truth_is_an_error_naming_the_folder(root, tmp_path, capsys):
+    folder = os.path.join(root, "valid", "Annotations", "v1")
+    shutil.rmtree(folder)
+    sub = write_submission(tmp_path / "sub", gt_masks())
+    out = tmp_path / "m.csv"
+    rc, _, err = run_cli(["--data-root", root, "--predictions", sub, "--out", str(out), "--workers", "1"], capsys)
+    assert rc == 2 and folder in err and "'v1'" in err and "does not exist" in err
+    assert "--allow-missing-gt" in err and "Traceback" not in err
+    assert not out.exists()
+    with pytest.raises(DataError, match="no ground truth"):
+        score_split(root, "valid", sub, workers=2)
+    with pytest.raises(DataError, match="no ground truth"):
+        Scorer(RefYTVOS(root, "valid")).score(open_predictions(sub))
+    os.makedirs(folder)  # there, but without a single PNG
+    rc, _, err = run_cli(["--data-root", root, "--predictions", sub, "--out", str(out), "--workers", "1"], capsys)
+    assert rc == 2 and folder in err and "no .png" in err
+
+
+def test_allow_missing_gt_skips_those_videos_and_says_what_was_averaged(root, tmp_path, capsys):
+    shutil.rmtree(os.path.join(root, "valid", "Annotations", "v1"))
+    sub = write_submission(tmp_path / "sub", gt_masks())
+    out = str(tmp_path / "m.csv")
+    rc, stdout, _ = run_cli(["--data-root", root, "--predictions", sub, "--out", out, "--workers", "2",
+                             "--allow-missing-gt", "--json"], capsys)
+    assert rc == 0
+    assert set(read_csv(out)) == {("v0", e) for e in EXPRESSIONS["v0"]}
+    assert "scored 1 of 2 listed videos, 3 of 6 listed expressions" in stdout
+    assert "skipped (no ground truth, --allow-missing-gt): 1 video, 3 expressions: v1" in stdout
+    assert "(mean over 3 of 6 listed expressions)" in stdout
+    s = json.loads(stdout.strip().splitlines()[-1])
+    assert (s["n_videos"], s["n_videos_listed"], s["n_expressions"], s["n_expressions_listed"]) == (1, 2, 3, 6)
+    assert s["n_expressions_scored"] == 3 and s["skipped_videos"] == ["v1"] and s["J"] == 1.0
+    report = Scorer(RefYTVOS(root, "valid")).score(open_predictions(sub), allow_missing_gt=True)
+    assert report.skipped_videos == ["v1"] and report.n_videos == 1 and len(report.expressions) == 3
+

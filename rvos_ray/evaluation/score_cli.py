@@ -2,10 +2,11 @@
 
     rvos-ray score --data-root ROOT --split valid --predictions sub.zip --out metrics.csv
 
-Writes one row per expression (``video, exp_id, J, F, J&F, n_frames``; ``.csv`` or
-``.parquet`` by the extension of ``--out``) and prints a summary. Exit code 0 on success, 2 for
-bad input (missing data, a prediction PNG of the wrong size or unreadable, a missing frame under
-``--strict``), with one line naming the file.
+Writes one row per expression (``video, exp_id, J, F, J&F, n_frames``; ``.csv`` or ``.parquet`` by the
+extension of ``--out``) and prints a summary of what was averaged. Exit code 0 on success, 2 for
+bad input (missing data, a listed video without ground truth unless ``--allow-missing-gt``, a
+prediction PNG of the wrong size or unreadable, a missing frame under ``--strict``), with one
+line naming the file or folder.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rvos: every annotated frame, mean over expressions (default); "
                    "davis: DAVIS-2017 convention, first/last frame excluded, mean over objects")
     p.add_argument("--strict", action="store_true", help="a missing prediction frame is an error")
+    p.add_argument("--allow-missing-gt", action="store_true",
+                   help="score a split where some listed videos have no ground truth: skip and report "
+                   "them (default: an error naming the video's ground-truth folder)")
     p.add_argument("--workers", type=int, default=None,
                    help=f"processes across videos (default: all cores, here {default_workers()})")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="refytvos", help="dataset reader")
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         strict=args.strict,
         workers=args.workers,
         dataset=args.dataset,
+        allow_missing_gt=args.allow_missing_gt,
         # this process has only imported modules and read JSON: forking it is safe and saves
         # the fork server's start
         start_method="fork" if sys.platform.startswith("linux") else "spawn",
