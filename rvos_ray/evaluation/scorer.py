@@ -402,7 +402,7 @@ def default_workers() -> int:
 def score_split(
     data_root: str,
     split: str,
-    predictions: str,
+    predictions: str | PredictionSource,
     protocol: str = "rvos",
     strict: bool = False,
     workers: int | None = None,
@@ -412,7 +412,8 @@ def score_split(
     start_method: str = "forkserver",
     allow_missing_gt: bool = False,
 ) -> ScoreReport:
-    """Score a submission folder or zip against a split, across ``workers`` processes. A listed video
+    """Score a submission folder or zip (either layout, :mod:`.predictions`; or a source opened
+    by :func:`open_predictions`) against a split, across ``workers`` processes. A listed video
     without ground truth is an error naming its folder unless ``allow_missing_gt`` (then it is
     skipped and reported).
 
@@ -425,7 +426,7 @@ def score_split(
     reader = open_dataset(data_root, split, dataset)
     listed = list(reader.video_ids() if videos is None else videos)
     videos, skipped = videos_with_ground_truth(reader, listed, allow_missing_gt)
-    source = open_predictions(predictions)
+    source = open_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else predictions
     scorer = Scorer(reader, protocol=protocol, strict=strict, bound_th=bound_th)
     workers = default_workers() if workers is None else max(1, int(workers))
     units = _units(scorer, videos, workers)
