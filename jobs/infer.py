@@ -5,7 +5,7 @@
         -- python jobs/infer.py --config configs/paper.yaml data.split=valid run.dir=s3://bucket/runs/x
 
 Writes ``<run.dir>/submission/Annotations/<vid>/<exp_id>/<frame>.png`` and ``submission.zip``
-(the ``Annotations/`` folder at the zip root), plus the tracklet/grounding cache and the
+(in the benchmark's layout: ``Annotations/`` at the zip root; MeViS: the video folders), plus the tracklet/grounding cache and the
 prediction table. Re-submitting resumes.
 """
 

@@ -1,5 +1,6 @@
-"""Submission writer: 0/255 single-channel PNGs, zip with Annotations/ at its root, and the
-tracklet + prediction tables -> PNGs helper."""
+"""Submission writer: 0/255 single-channel PNGs, zip in each benchmark's layout (Annotations/ at
+its root, or MeViS's video folders at its root), and the tracklet + prediction tables -> PNGs
+helper."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from rvos_ray import masks
 from rvos_ray.data.errors import DataError
-from rvos_ray.data.submission import write_predictions, write_submission, zip_submission
+from rvos_ray.data.submission import submission_layout, write_predictions, write_submission, zip_submission
 from rvos_ray.types import PREDICTION_SCHEMA, TRACKLET_SCHEMA, Expression, Video, table_from_columns
 
 
@@ -45,6 +46,31 @@ def test_write_and_zip_round_trip(tmp_path):
     first = open(zpath, "rb").read()
     zip_submission(out, zpath)
     assert open(zpath, "rb").read() == first  # same PNGs, same zip bytes
+
+
+@pytest.mark.parametrize("dataset, prefix", [("refytvos", "Annotations/"), ("davis", "Annotations/"), ("mevis", "")])
+def test_zip_layout_per_benchmark(tmp_path, dataset, prefix):
+    # Ref-YouTube-VOS / Ref-DAVIS: Annotations/ at the zip root. MeViS: its server takes the
+    # prediction folder's contents (cd inference && zip -r submission.zip ./*), i.e. the video
+    # folders at the zip root.
+    out = str(tmp_path / "sub")
+    m = np.array([[0, 1], [1, 1]], np.uint8)
+    write_submission(out, [("v1", "0", "00000", m), ("v2", "3", "00007", m)])
+    zpath = str(tmp_path / f"{dataset}.zip")
+    assert zip_submission(out, zpath, dataset=dataset) == 2
+    with zipfile.ZipFile(zpath) as zf:
+        names = sorted(zf.namelist())
+        assert names == [prefix + "v1/0/00000.png", prefix + "v2/3/00007.png"]
+        assert zf.read(prefix + "v1/0/00000.png") == open(f"{out}/Annotations/v1/0/00000.png", "rb").read()
+    assert submission_layout(dataset) == ("annotations" if prefix else "videos")
+
+
+def test_zip_of_unknown_dataset_is_a_data_error(tmp_path):
+    out = str(tmp_path / "sub")
+    write_submission(out, [("v1", "0", "00000", np.ones((2, 2), np.uint8))])
+    with pytest.raises(DataError, match=r"unknown dataset 'ytvos'.*davis, mevis, refytvos"):
+        zip_submission(out, str(tmp_path / "s.zip"), dataset="ytvos")
+    assert not os.path.exists(tmp_path / "s.zip")
 
 
 def test_zip_of_missing_folder_is_a_data_error(tmp_path):

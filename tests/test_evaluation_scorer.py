@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -166,7 +167,8 @@ def test_ground_truth_as_submission_scores_exactly_one(root, tmp_path, capsys):
     for r in rows.values():
         assert (float(r["J"]), float(r["F"]), float(r["J&F"])) == (1.0, 1.0, 1.0)
     assert rows[("v0", "0")]["n_frames"] == "5" and rows[("v1", "2")]["n_frames"] == "4"
-    assert "2 videos, 6 expressions, 27 expression-frames scored (9 annotated frames)" in stdout
+    assert "scored 2 of 2 listed videos, 6 of 6 listed expressions: 27 expression-frames (9 annotated frames)" in stdout
+    assert "(mean over 6 of 6 listed expressions)" in stdout
     assert "missing prediction frames: 0 of 27" in stdout
     assert "J 1.0000   F 1.0000   J&F 1.0000" in stdout
 
@@ -388,7 +390,7 @@ def test_synthetic_benchmark_through_the_submission_writer(tmp_path, capsys):
         assert s["n_frames"] == len(items) and s["n_missing"] == 0 and s["n_videos"] == 2
 
 
-def test_mevis_union_of_objects(tmp_path):
+def test_mevis_union_of_objects(tmp_path, capsys):
     """MeViS: an expression refers to several objects; its ground truth is their union."""
     from pycocotools import mask as coco_mask
 
@@ -418,6 +420,23 @@ def test_mevis_union_of_objects(tmp_path):
     assert rows["0"].F == pytest.approx(np.mean([w[1] for w in want]), abs=1e-6)
     assert rows["0"].J < 1 and (rows["1"].J, rows["1"].F) == (1.0, 1.0)
 
+    # the run's zip in MeViS's layout (video folders at the root) is found and scores the same
+    from rvos_ray.data.submission import zip_submission
+
+    z = str(tmp_path / "mevis.zip")
+    zip_submission(sub, z, dataset="mevis")
+    with zipfile.ZipFile(z) as zf:
+        assert sorted(zf.namelist())[0] == "m0/0/00000.png"
+    assert score_split(str(root), "valid_u", z, dataset="mevis", workers=1).table().equals(report.table())
+    # an Annotations/ zip still scores, with a note that the MeViS server wants the other layout
+    za = zip_folder(sub, str(tmp_path / "ann.zip"))
+    rc, stdout, _ = run_cli(["--data-root", str(root), "--split", "valid_u", "--dataset", "mevis",
+                             "--predictions", za, "--out", str(tmp_path / "m.csv")], capsys)
+    assert rc == 0 and "the MeViS server expects <video>/<exp_id>/<frame>.png at the zip root" in stdout
+    rc, stdout, _ = run_cli(["--data-root", str(root), "--split", "valid_u", "--dataset", "mevis",
+                             "--predictions", z, "--out", str(tmp_path / "m.csv")], capsys)
+    assert rc == 0 and "server expects" not in stdout
+
 
 def test_split_without_annotations_is_an_error(tmp_path, capsys):
     r = tmp_path / "d"
@@ -440,3 +459,80 @@ def test_expression_without_obj_id_is_an_error(root, tmp_path, capsys):
     rc, _, err = run_cli(["--data-root", root, "--predictions", sub, "--out", str(tmp_path / "m.csv"),
                           "--workers", "1"], capsys)
     assert rc == 2 and meta in err and "'2'" in err and "no obj_id" in err
+
+
+# ---- listed videos without ground truth ------------------------------------------------------
+
+
+def test_listed_video_without_ground_truth_is_an_error_naming_the_folder(root, tmp_path, capsys):
+    folder = os.path.join(root, "valid", "Annotations", "v1")
+    shutil.rmtree(folder)
+    sub = write_submission(tmp_path / "sub", gt_masks())
+    out = tmp_path / "m.csv"
+    rc, _, err = run_cli(["--data-root", root, "--predictions", sub, "--out", str(out), "--workers", "1"], capsys)
+    assert rc == 2 and folder in err and "'v1'" in err and "does not exist" in err
+    assert "--allow-missing-gt" in err and "Traceback" not in err
+    assert not out.exists()
+    with pytest.raises(DataError, match="no ground truth"):
+        score_split(root, "valid", sub, workers=2)
+    with pytest.raises(DataError, match="no ground truth"):
+        Scorer(RefYTVOS(root, "valid")).score(open_predictions(sub))
+    os.makedirs(folder)  # there, but without a single PNG
+    rc, _, err = run_cli(["--data-root", root, "--predictions", sub, "--out", str(out), "--workers", "1"], capsys)
+    assert rc == 2 and folder in err and "no .png" in err
+
+
+def test_allow_missing_gt_skips_those_videos_and_says_what_was_averaged(root, tmp_path, capsys):
+    shutil.rmtree(os.path.join(root, "valid", "Annotations", "v1"))
+    sub = write_submission(tmp_path / "sub", gt_masks())
+    out = str(tmp_path / "m.csv")
+    rc, stdout, _ = run_cli(["--data-root", root, "--predictions", sub, "--out", out, "--workers", "2",
+                             "--allow-missing-gt", "--json"], capsys)
+    assert rc == 0
+    assert set(read_csv(out)) == {("v0", e) for e in EXPRESSIONS["v0"]}
+    assert "scored 1 of 2 listed videos, 3 of 6 listed expressions" in stdout
+    assert "skipped (no ground truth, --allow-missing-gt): 1 video, 3 expressions: v1" in stdout
+    assert "(mean over 3 of 6 listed expressions)" in stdout
+    s = json.loads(stdout.strip().splitlines()[-1])
+    assert (s["n_videos"], s["n_videos_listed"], s["n_expressions"], s["n_expressions_listed"]) == (1, 2, 3, 6)
+    assert s["n_expressions_scored"] == 3 and s["skipped_videos"] == ["v1"] and s["J"] == 1.0
+    report = Scorer(RefYTVOS(root, "valid")).score(open_predictions(sub), allow_missing_gt=True)
+    assert report.skipped_videos == ["v1"] and report.n_videos == 1 and len(report.expressions) == 3
+
+
+# ---- the MeViS layout: video folders at the root -------------------------------------------
+
+
+def test_video_folders_at_the_root_are_detected_in_folder_and_zip(root, tmp_path, capsys):
+    preds = perturbed(seed=6)
+    sub = write_submission(tmp_path / "sub", preds)
+    flat = str(tmp_path / "inference")  # MeViS's own inference folder: <video>/<exp_id>/<frame>.png
+    shutil.copytree(os.path.join(sub, "Annotations"), flat)
+    z = zip_folder(flat, str(tmp_path / "flat.zip"))  # cd inference && zip -r submission.zip ./*
+    with zipfile.ZipFile(z) as zf:
+        assert not any(n.startswith("Annotations") for n in zf.namelist())
+    want = score_split(root, "valid", sub, workers=1).table()
+    for p in (flat, z):
+        assert score_split(root, "valid", p, workers=1).table().equals(want)
+        rc, stdout, _ = run_cli(["--data-root", root, "--predictions", p, "--out", str(tmp_path / "m.csv")], capsys)
+        assert rc == 0 and "<video>/<exp_id>/<frame>.png" in stdout
+
+
+def test_neither_layout_is_an_error_naming_both(root, tmp_path, capsys):
+    sub = write_submission(tmp_path / "sub", gt_masks())
+    # the video folders one folder down in a zip (zip -r submission.zip inference): not a layout
+    deep = zip_folder(os.path.join(sub, "Annotations"), str(tmp_path / "deep.zip"), prefix="inference/")
+    rc, _, err = run_cli(["--data-root", root, "--predictions", deep, "--out", str(tmp_path / "m.csv")], capsys)
+    assert rc == 2 and deep in err and "Annotations/<video>/<exp_id>/<frame>.png" in err
+    assert "one folder down" in err and "'inference/'" in err
+    junk = tmp_path / "junk.zip"
+    with zipfile.ZipFile(junk, "w") as zf:
+        zf.writestr("readme.txt", "x")
+        zf.writestr("a/b.png", "x")
+    rc, _, err = run_cli(["--data-root", root, "--predictions", str(junk), "--out", str(tmp_path / "m.csv")], capsys)
+    assert rc == 2 and str(junk) in err and "<video>/<exp_id>/<frame>.png" in err
+    (tmp_path / "odd" / "x").mkdir(parents=True)
+    (tmp_path / "odd" / "x" / "y.png").write_bytes(b"")
+    rc, _, err = run_cli(["--data-root", root, "--predictions", str(tmp_path / "odd"), "--out",
+                          str(tmp_path / "m.csv")], capsys)
+    assert rc == 2 and "no Annotations/ folder" in err and "<video>/<exp_id>/<frame>.png" in err

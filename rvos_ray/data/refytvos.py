@@ -199,7 +199,7 @@ class RefYTVOS:
     def _annotations(self, vid: str) -> tuple[str, ...]:
         if vid not in self._annotation_cache:
             self._entry(vid)
-            folder = dio.join(self.split_dir, "Annotations", vid)
+            folder = self.annotation_dir(vid)
             names: tuple[str, ...] = ()
             if dio.is_dir(folder):
                 names = tuple(
@@ -212,6 +212,10 @@ class RefYTVOS:
         """Names of the frames that have a ground-truth PNG, sorted (empty for a split without
         annotations, e.g. the official valid split)."""
         return list(self._annotations(vid))
+
+    def annotation_dir(self, vid: str) -> str:
+        """The folder of ``vid``'s ground-truth PNGs (it may not exist)."""
+        return dio.join(self.split_dir, "Annotations", vid)
 
     def annotation_path(self, vid: str, frame: str) -> str:
         return dio.join(self.split_dir, "Annotations", vid, frame + ANNOTATION_EXT)

@@ -1,8 +1,16 @@
-"""Submissions in the Ref-YouTube-VOS server format.
+"""Submissions in each benchmark's server format.
 
-``Annotations/<video>/<exp_id>/<frame>.png``: single-channel PNG, 0 = background, 255 = the
-referred object; zipped with the ``Annotations/`` folder at the zip root. Every file is
-written atomically (temp + rename), so a crashed run never leaves half a PNG or half a zip.
+The submission folder always holds ``Annotations/<video>/<exp_id>/<frame>.png``: single-channel
+PNG, 0 = background, 255 = the referred object. The zip is laid out as the benchmark's server
+takes it (:data:`SUBMISSION_LAYOUTS`, by config ``data.dataset``):
+
+- ``refytvos``, ``davis``: ``Annotations/<video>/<exp_id>/<frame>.png`` (``Annotations/`` at the
+  zip root);
+- ``mevis``: ``<video>/<exp_id>/<frame>.png`` (the video folders at the zip root, as MeViS's own
+  inference script zips its prediction folder: ``cd inference && zip -r submission.zip ./*``).
+
+Every file is written atomically (temp + rename), so a crashed run never leaves half a PNG or
+half a zip.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ from rvos_ray.data.errors import DataError
 from rvos_ray.types import PREDICTION_SCHEMA, TRACKLET_SCHEMA, Expression, Video, validate
 
 ANNOTATIONS = "Annotations"
+#: config ``data.dataset`` -> layout of its submission zip: "annotations" (``Annotations/`` at the
+#: root) or "videos" (the video folders at the root)
+SUBMISSION_LAYOUTS = {"refytvos": "annotations", "davis": "annotations", "mevis": "videos"}
 # Fixed timestamp in the zip so the same predictions give the same zip bytes.
 _ZIP_DATE = (2021, 1, 1, 0, 0, 0)
 
@@ -109,9 +120,21 @@ def _frame_size(trk: pa.Table, video: Video) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def zip_submission(sub_dir: str, zip_path: str) -> int:
-    """Zip ``sub_dir/Annotations`` into ``zip_path`` with ``Annotations/`` at the zip root;
-    written to a temp file and renamed into place. Returns the number of PNGs zipped."""
+def submission_layout(dataset: str) -> str:
+    """The zip layout the server of ``dataset`` (config ``data.dataset``) takes."""
+    try:
+        return SUBMISSION_LAYOUTS[dataset]
+    except KeyError:
+        raise DataError(f"unknown dataset {dataset!r} (data.dataset); expected one of "
+                        f"{', '.join(sorted(SUBMISSION_LAYOUTS))}") from None
+
+
+def zip_submission(sub_dir: str, zip_path: str, dataset: str = "refytvos") -> int:
+    """Zip ``sub_dir/Annotations`` into ``zip_path`` in ``dataset``'s layout
+    (:data:`SUBMISSION_LAYOUTS`: ``Annotations/`` at the zip root, or for MeViS the video
+    folders at the root); written to a temp file and renamed into place. Returns the number of
+    PNGs zipped."""
+    prefix = ANNOTATIONS + "/" if submission_layout(dataset) == "annotations" else ""
     fs, root = dio.resolve(sub_dir)
     ann = f"{root.rstrip('/')}/{ANNOTATIONS}"
     if fs.get_file_info(ann).type != pafs.FileType.Directory:
@@ -128,7 +151,7 @@ def zip_submission(sub_dir: str, zip_path: str) -> int:
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for path in files:
-                info = zipfile.ZipInfo(ANNOTATIONS + "/" + path[len(ann) + 1:], date_time=_ZIP_DATE)
+                info = zipfile.ZipInfo(prefix + path[len(ann) + 1:], date_time=_ZIP_DATE)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
                 with fs.open_input_stream(path) as f:

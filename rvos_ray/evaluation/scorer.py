@@ -12,6 +12,11 @@ Protocols (per-frame J and F are :mod:`rvos_ray.evaluation.metrics`, DAVIS defin
   expressions of the same video that refer to the same object(s) are averaged into one object
   score, and J and F are the means over objects (DAVIS's per-object means over all sequences).
 
+Every listed video of an annotated split needs ground truth: one without (no annotated frame,
+e.g. its ``Annotations/<video>/`` folder is missing) is an error naming the folder, unless
+``allow_missing_gt=True``, which leaves it out and reports it as skipped. The summary says what
+was averaged: videos and expressions scored of those listed, and what was left out.
+
 A prediction frame that is missing counts as an empty mask and is counted (``strict=True``
 makes it an error). A prediction whose size differs from the ground truth is an error naming the
 file and the expected size. Work is spread over videos (cut into runs of frames when there are
@@ -30,11 +35,13 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 import pyarrow as pa
 
+from rvos_ray.data import io as dio
 from rvos_ray.data.datasets import open_dataset
 from rvos_ray.data.errors import DataError
 from rvos_ray.evaluation.metrics import BOUND_TH, frame_jf
@@ -47,6 +54,7 @@ PROTOCOLS = ("rvos", "davis")
 # all expressions' masks from it, instead of decoding the same PNG once per expression.
 _LABEL_MAP_DATASETS = ("refytvos", "davis")
 MAX_MISSING_LISTED = 20
+MAX_SKIPPED_SHOWN = 10  # skipped videos named in messages and the printed summary
 MIN_CHUNK_FRAMES = 5  # frames per unit of work at least: a unit re-reads the video's meta
 
 
@@ -87,7 +95,11 @@ class VideoScore:
 
 @dataclass
 class ScoreReport:
-    """The scores of a split: per-expression rows plus what the summary needs."""
+    """The scores of a split: per-expression rows plus what the summary needs.
+
+    ``n_videos`` and ``expressions`` cover the videos scored; ``n_videos_listed`` and
+    ``n_expressions_listed`` the videos asked for (default: the same), of which
+    ``skipped_videos`` (no ground truth, allowed) were left out."""
 
     protocol: str
     expressions: list[ExpressionScore]
@@ -95,6 +107,9 @@ class ScoreReport:
     n_annotated_frames: int
     n_missing: int
     missing: list[str]
+    n_videos_listed: int | None = None
+    n_expressions_listed: int | None = None
+    skipped_videos: list[str] = field(default_factory=list)
 
     def table(self) -> pa.Table:
         """The per-expression metrics table (:data:`rvos_ray.types.METRICS_SCHEMA`)."""
@@ -112,8 +127,11 @@ class ScoreReport:
             "metrics",
         )
 
-    def summary(self) -> dict[str, float | int | str]:
-        """Split figures: J, F, J&F (means over expressions, or over objects for "davis") and counts."""
+    def summary(self) -> dict[str, Any]:
+        """Split figures: J, F, J&F (means over expressions, or over objects for "davis") and
+        counts: videos and expressions scored (``n_videos``, ``n_expressions``: rows of the
+        table) and listed, expressions in the means (``n_expressions_scored``), and the videos
+        skipped for want of ground truth."""
         scored = [r for r in self.expressions if r.n_frames > 0]
         if self.protocol == "davis":
             groups: dict[tuple[str, tuple[int, ...]], list[ExpressionScore]] = {}
@@ -124,14 +142,19 @@ class ScoreReport:
             units = [(r.J, r.F) for r in scored]
         j = float(np.mean([u[0] for u in units])) if units else math.nan
         f = float(np.mean([u[1] for u in units])) if units else math.nan
-        out: dict[str, float | int | str] = {
+        out: dict[str, Any] = {
             "protocol": self.protocol,
             "J": j,
             "F": f,
             "J&F": (j + f) / 2,
             "n_videos": self.n_videos,
+            "n_videos_listed": self.n_videos if self.n_videos_listed is None else self.n_videos_listed,
             "n_expressions": len(self.expressions),
+            "n_expressions_listed": (len(self.expressions) if self.n_expressions_listed is None
+                                     else self.n_expressions_listed),
+            "n_expressions_scored": len(scored),
             "n_expressions_without_frames": len(self.expressions) - len(scored),
+            "skipped_videos": list(self.skipped_videos),
             "n_frames": sum(r.n_frames for r in self.expressions),
             "n_annotated_frames": self.n_annotated_frames,
             "n_missing": self.n_missing,
@@ -142,12 +165,18 @@ class ScoreReport:
 
     def format_summary(self) -> str:
         s = self.summary()
-        over = f"{s['n_objects']} objects" if self.protocol == "davis" else f"{s['n_expressions']} expressions"
+        listed = f"{s['n_expressions_scored']} of {_count(s['n_expressions_listed'], 'listed expression')}"
+        over = f"{_count(s['n_objects'], 'object')}, from {listed}" if self.protocol == "davis" else listed
         lines = [
-            f"protocol {self.protocol}: {s['n_videos']} videos, {s['n_expressions']} expressions, "
-            f"{s['n_frames']} expression-frames scored ({s['n_annotated_frames']} annotated frames)",
-            f"missing prediction frames: {s['n_missing']} of {s['n_frames']} (scored as empty masks)",
+            f"protocol {self.protocol}: scored {s['n_videos']} of {_count(s['n_videos_listed'], 'listed video')}, "
+            f"{s['n_expressions']} of {_count(s['n_expressions_listed'], 'listed expression')}: "
+            f"{s['n_frames']} expression-frames ({s['n_annotated_frames']} annotated frames)",
         ]
+        if self.skipped_videos:
+            n_exp = s["n_expressions_listed"] - s["n_expressions"]
+            lines.append(f"skipped (no ground truth, --allow-missing-gt): {_count(len(self.skipped_videos), 'video')}, "
+                         f"{_count(n_exp, 'expression')}: {_names(self.skipped_videos)}")
+        lines.append(f"missing prediction frames: {s['n_missing']} of {s['n_frames']} (scored as empty masks)")
         if self.missing:
             shown = self.missing[:5]
             more = self.n_missing - len(shown)
@@ -156,6 +185,15 @@ class ScoreReport:
             lines.append(f"expressions with no frame to score (left out of the means): {s['n_expressions_without_frames']}")
         lines.append(f"J {s['J']:.4f}   F {s['F']:.4f}   J&F {s['J&F']:.4f}   (mean over {over})")
         return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:MAX_SKIPPED_SHOWN])
+    return shown + (f" and {len(names) - MAX_SKIPPED_SHOWN} more" if len(names) > MAX_SKIPPED_SHOWN else "")
 
 
 class Scorer:
@@ -232,17 +270,66 @@ class Scorer:
             return (label_map == obj_ids[0]).view(np.uint8)
         return np.isin(label_map, obj_ids).view(np.uint8)
 
-    def score(self, predictions: PredictionSource, videos: Sequence[str] | None = None, workers: int = 1) -> ScoreReport:
+    def score(self, predictions: PredictionSource, videos: Sequence[str] | None = None, workers: int = 1,
+              allow_missing_gt: bool = False) -> ScoreReport:
         """Score ``videos`` (default: all of the reader's) in this process, on ``workers`` threads
-        (OpenCV and numpy release the GIL in the heavy parts)."""
-        videos = list(self.reader.video_ids() if videos is None else videos)
+        (OpenCV and numpy release the GIL in the heavy parts). A listed video without ground
+        truth is an error unless ``allow_missing_gt`` (then it is skipped and reported)."""
+        listed = list(self.reader.video_ids() if videos is None else videos)
+        videos, skipped = videos_with_ground_truth(self.reader, listed, allow_missing_gt)
         units = _units(self, videos, workers)
         if workers <= 1 or len(units) <= 1:
             parts = [self.score_frames(v, fr, predictions) for v, fr in units]
         else:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 parts = _gather([pool.submit(self.score_frames, v, fr, predictions) for v, fr in units])
-        return _report(self.protocol, videos, parts)
+        return _report(self.protocol, videos, parts, self.reader, listed, skipped)
+
+
+def videos_with_ground_truth(reader, videos: Sequence[str], allow_missing_gt: bool = False
+                             ) -> tuple[list[str], list[str]]:
+    """(videos with ground truth, videos without) of ``videos``, in order.
+
+    A split where none has any is a :class:`DataError` (it cannot be scored); so is one where
+    some lack it, naming the first ones' ground-truth folders, unless ``allow_missing_gt``."""
+    if not videos:
+        raise DataError(f"{_split_name(reader)}: no videos to score")
+    have = [v for v in videos if reader.annotated_frames(v)]
+    if not have:
+        raise DataError(
+            f"{_split_name(reader)} has no ground-truth annotations ({_gt_layout(reader)}); it cannot be scored"
+        )
+    with_gt = set(have)
+    missing = [v for v in videos if v not in with_gt]
+    if missing and not allow_missing_gt:
+        first = missing[0]
+        where = getattr(reader, "meta_path", "the split's meta_expressions.json")
+        raise DataError(
+            f"{_missing_gt(reader, first)}; {len(missing)} of {len(videos)} listed videos of "
+            f"{_split_name(reader)} (listed in {where}) have no ground truth: {_names(missing)}. "
+            f"Every listed video of an annotated split needs its ground truth; pass --allow-missing-gt "
+            f"(allow_missing_gt=True) to score the others and report these as skipped"
+        )
+    return have, missing
+
+
+def _split_name(reader) -> str:
+    return f"split {getattr(reader, 'split', '?')!r} of {getattr(reader, 'root', '?')}"
+
+
+def _gt_layout(reader) -> str:
+    if hasattr(reader, "annotation_dir"):
+        return "<split>/Annotations/<video>/<frame>.png"
+    return f"{getattr(reader, 'mask_dict_path', 'ground truth')} is missing"
+
+
+def _missing_gt(reader, video: str) -> str:
+    """Where ``video``'s ground truth should be, and what is wrong with it."""
+    if hasattr(reader, "annotation_dir"):
+        folder = reader.annotation_dir(video)
+        what = "holds no .png annotation" if dio.is_dir(folder) else "does not exist"
+        return f"{folder}: ground-truth folder of video {video!r} {what}"
+    return f"video {video!r} has no ground truth"
 
 
 @dataclass
@@ -315,7 +402,7 @@ def default_workers() -> int:
 def score_split(
     data_root: str,
     split: str,
-    predictions: str,
+    predictions: str | PredictionSource,
     protocol: str = "rvos",
     strict: bool = False,
     workers: int | None = None,
@@ -323,8 +410,12 @@ def score_split(
     videos: Sequence[str] | None = None,
     bound_th: float = BOUND_TH,
     start_method: str = "forkserver",
+    allow_missing_gt: bool = False,
 ) -> ScoreReport:
-    """Score a submission folder or zip against a split, across ``workers`` processes.
+    """Score a submission folder or zip (either layout, :mod:`.predictions`; or a source opened
+    by :func:`open_predictions`) against a split, across ``workers`` processes. A listed video
+    without ground truth is an error naming its folder unless ``allow_missing_gt`` (then it is
+    skipped and reported).
 
     ``start_method``: how worker processes start. "forkserver" (default) is safe from any
     caller: workers fork from a clean server that preloaded this module, never from a parent
@@ -333,19 +424,16 @@ def score_split(
     modules and read JSON when the pool starts.
     """
     reader = open_dataset(data_root, split, dataset)
-    source = open_predictions(predictions)
+    listed = list(reader.video_ids() if videos is None else videos)
+    videos, skipped = videos_with_ground_truth(reader, listed, allow_missing_gt)
+    source = open_predictions(predictions) if isinstance(predictions, (str, os.PathLike)) else predictions
     scorer = Scorer(reader, protocol=protocol, strict=strict, bound_th=bound_th)
-    videos = list(reader.video_ids() if videos is None else videos)
     workers = default_workers() if workers is None else max(1, int(workers))
-    if not any(reader.annotated_frames(v) for v in videos):
-        raise DataError(
-            f"split {split!r} of {data_root} has no ground-truth annotations "
-            f"(<split>/Annotations/<video>/<frame>.png); it cannot be scored"
-        )
     units = _units(scorer, videos, workers)
     workers = min(workers, len(units))
     if workers <= 1:
-        return _report(protocol, videos, [scorer.score_frames(v, fr, source) for v, fr in units])
+        parts = [scorer.score_frames(v, fr, source) for v, fr in units]
+        return _report(protocol, videos, parts, reader, listed, skipped)
     # The scorer and source reach each worker once, through the initializer.
     ctx = mp.get_context(start_method)
     if start_method == "forkserver":
@@ -353,7 +441,7 @@ def score_split(
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(scorer, source)) as pool:
         parts = _gather([pool.submit(_score_in_worker, v, fr) for v, fr in units])
-    return _report(protocol, videos, parts)
+    return _report(protocol, videos, parts, reader, listed, skipped)
 
 
 _WORKER: tuple[Scorer, PredictionSource] | None = None
@@ -381,7 +469,8 @@ def _gather(futures: list) -> list:
         raise
 
 
-def _report(protocol: str, videos: Sequence[str], parts: list[_Part]) -> ScoreReport:
+def _report(protocol: str, videos: Sequence[str], parts: list[_Part], reader=None,
+            listed: Sequence[str] | None = None, skipped: Sequence[str] = ()) -> ScoreReport:
     by_video: dict[str, list[_Part]] = {}
     for p in parts:
         by_video.setdefault(p.video, []).append(p)
@@ -396,6 +485,10 @@ def _report(protocol: str, videos: Sequence[str], parts: list[_Part]) -> ScoreRe
         n_annotated_frames=sum(r.n_annotated for r in results),
         n_missing=sum(r.n_missing for r in results),
         missing=missing,
+        n_videos_listed=len(videos) if listed is None else len(listed),
+        n_expressions_listed=(sum(len(r.expressions) for r in results)
+                              + sum(len(reader.expressions(v)) for v in skipped)),
+        skipped_videos=list(skipped),
     )
 
 

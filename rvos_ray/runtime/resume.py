@@ -97,7 +97,7 @@ def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan,
     rd.write_failures_table(failures)
     if cfg.run.submission_zip:
         if finished:
-            adapters.write_submission_zip(rd.submission_dir, rd.submission_zip)
+            adapters.write_submission_zip(rd.submission_dir, rd.submission_zip, str(cfg.data.dataset))
 
     events = list(out.driver_events)
     for v in finished:

@@ -136,7 +136,8 @@ def write_submission_video(submission_dir: str, video: Video, tracklets: pa.Tabl
     return write_predictions(submission_dir, tracklets, prediction, video, expressions)
 
 
-def write_submission_zip(submission_dir: str, zip_uri: str) -> int:
+def write_submission_zip(submission_dir: str, zip_uri: str, dataset: str = "refytvos") -> int:
+    """The zip in ``dataset``'s server layout (MeViS: the video folders at the zip root)."""
     from rvos_ray.data.submission import zip_submission
 
-    return zip_submission(submission_dir, zip_uri)
+    return zip_submission(submission_dir, zip_uri, dataset=dataset)
