@@ -135,3 +135,17 @@ def test_a_missing_frame_fails_its_video_and_the_rest_of_the_split_runs(clean_ru
     assert pq.read_table(run / "failures.parquet").column("video_id").to_pylist() == [folder.name]
     with pytest.raises(DataError, match=missing.name):
         run_local(tiny_cfg(bad, tmp_path / "strict", "data.strict=true"), progress=False, stages=stages)
+
+
+def test_a_video_without_ground_truth_in_an_annotated_split_fails_naming_the_folder(data, stages, tmp_path):
+    """Its expressions name objects, its Annotations/<vid>/ is gone: not silently unscored."""
+    import shutil
+
+    bad = copy_data(data, tmp_path / "bad")
+    folder = sorted((bad / "valid" / "Annotations").iterdir())[0]
+    shutil.rmtree(folder)
+    s = run_local(tiny_cfg(bad, tmp_path / "run"), progress=False, stages=stages)
+    assert (s["done"], s["failed"]) == (VIDEOS - 1, 1)
+    [f] = s["failures"]
+    assert (f["video_id"], f["stage"], f["error"]) == (folder.name, "writer", "DataError")
+    assert str(folder) in f["message"] and "no ground truth" in f["message"]

@@ -41,9 +41,11 @@ class LocalStages:
         self.cfg = c
 
 
-def process_video(stages: LocalStages, rd: RunDir, work: pl.VideoWork) -> dict[str, Any]:
-    """The whole stage sequence of one video; raises :class:`StageFailure` naming the stage."""
-    c = stages.cfg
+def process_video(stages: LocalStages, rd: RunDir, work: pl.VideoWork, c: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """The whole stage sequence of one video under the run's config ``c`` (a plain dict;
+    default: the one the models were built from); raises :class:`StageFailure` naming the stage."""
+    c = stages.cfg if c is None else c
     video = work.video
     events: list[dict] = []
     with _stage("segmentation"):
@@ -124,6 +126,7 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
     t0 = time.perf_counter()
     if stages is None and p.todo:
         stages = LocalStages(cfg)
+    run_c = OmegaConf.to_container(cfg, resolve=True)  # models may be reused; the run's own settings
     out.timings["setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     bar = tqdm(total=len(p.todo), desc="videos", unit="video", disable=not progress)
@@ -131,7 +134,7 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
     for work in p.todo:
         out.event("video_start", work.video_id)
         try:
-            out.done[work.video_id] = process_video(stages, rd, work)
+            out.done[work.video_id] = process_video(stages, rd, work, run_c)
             rates.add(out.done[work.video_id])
             out.event("video_done", work.video_id)
         except StageFailure as e:

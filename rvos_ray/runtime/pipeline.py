@@ -47,6 +47,10 @@ from rvos_ray.types import (
 
 Event = dict[str, Any]
 
+#: the cluster node this process runs on, when an executor knows it (the Ray executor sets it in
+#: its workers); stage events carry it, so a run can say which node did which work
+PROCESS_NODE = ""
+
 #: stage names as they appear in events, failures and the summary, in pipeline order
 STAGES = ("segmentation", "pooling", "propagation", "nms", "grounding", "ensemble", "writer")
 
@@ -117,7 +121,7 @@ def timed(stage: str, video_id: str, item: str, fn: Callable[[], Any], *, video_
         "pid": os.getpid(),
     }
     event.update({k: v for k, v in (("frames", video_frames), ("completes", completes), ("variant", variant),
-                                    ("model", model)) if v})
+                                    ("model", model), ("node", PROCESS_NODE)) if v})
     return out, event
 
 
@@ -337,8 +341,13 @@ def score_video(cfg: Mapping[str, Any], work: VideoWork, tracklets: pa.Table, pr
     without an object id, like the official valid split)."""
     d, ev = cfg["data"], cfg["evaluation"]
     reader = adapters.open_dataset(d["dataset"], d["root"], d["split"])
-    if not reader.annotated_frames(work.video_id) or not all(e.obj_ids for e in work.expressions):
-        return None
+    if not all(e.obj_ids for e in work.expressions):
+        return None  # an unannotated split (the official valid meta names no objects)
+    if not reader.annotated_frames(work.video_id):
+        where = reader.annotation_dir(work.video_id) if hasattr(reader, "annotation_dir") else d["root"]
+        raise DataError(f"{where}: no ground truth for video {work.video_id!r}, whose expressions name "
+                        f"the objects they refer to (an annotated split); set run.score=false to "
+                        f"write predictions without scoring")
     h, w = frame_size(tracklets, work.video)
     scorer = adapters.scorer(d["dataset"], d["root"], d["split"], ev["protocol"], bool(ev["strict"]))
     vs = scorer.score_video(work.video_id, ChosenMasks(work, tracklets, prediction, h, w))
