@@ -60,8 +60,10 @@ class RaySection:
     dashboard: bool = False  # local Ray only: start the dashboard (bound to dashboard_host)
     log_to_driver: bool = True  # print workers' logs on the driver
     max_videos_in_flight: int = 4  # ray.wait backpressure
-    max_retries: int = 2  # task retries (and retries of an actor call whose actor died)
-    max_restarts: int = 2  # actor restarts
+    max_retries: int = 2  # retries of a CPU task whose worker died (actor calls: while it restarts)
+    max_restarts: int = 2  # actor restarts (in place, or on another node after a node loss)
+    video_retries: int = 2  # resubmissions of a video's graph after a system failure (lost objects)
+    stall_timeout_s: float = 900.0  # no call finished for this long: fail what is pending, with a report
     placement_timeout_s: float = 300.0  # actors not started by then: PlacementError
     autoscaling: bool = False  # cluster grows on demand: skip the up-front feasibility check
 

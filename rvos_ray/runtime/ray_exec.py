@@ -1,25 +1,26 @@
 """The Ray executor: model actors pinned by resources and a per-video task graph of ObjectRefs.
 
-The only module of the project that imports Ray. What runs is
-:mod:`rvos_ray.runtime.pipeline`; this module decides where and when:
+What runs is :mod:`rvos_ray.runtime.pipeline`; this module decides where and when:
 
 - **Actors hold models**, each loaded once: a :class:`SegmenterActor` per segmentation model,
   a pool of :class:`PropagatorActor`, a :class:`GrounderActor` per ensemble variant (each
   ``replicas`` times). Each asks for its stage's ``resources:`` (``num_cpus``, ``num_gpus``,
   ``custom``), so on a GPU cluster they land on separate GPUs and custom resources steer them to
-  node types. Actors restart (``ray.max_restarts``) and re-run interrupted calls
-  (``ray.max_retries``) when their process dies.
+  node types. Actors restart (``ray.max_restarts``), in place or on another node, and their
+  interrupted calls are retried for as long as the restart takes.
 - **Per video**, the driver submits: one segment call per model and keyframe batch -> one
   pooling task (returns each keyframe's candidates as its own object, plus their counts) ->
   once the counts are known, propagation calls per keyframe and chunk of candidates (spread
   over the pool) -> one tracklet-NMS task over the video's Arrow tables -> one grounding call
   per variant -> the ensemble task -> the writer task (tables, PNGs, metrics, ``done.json``).
   Every arrow is an ObjectRef: tables, candidates and frames never pass through the driver;
-  frames are read by the actor that needs them. The driver only ever fetches the small counts
-  and done records of refs that ``ray.wait`` reports ready.
+  frames are read by the actor that needs them. The driver fetches the small counts, stage
+  events and done records of refs that ``ray.wait`` reports ready.
 - **Backpressure**: at most ``ray.max_videos_in_flight`` videos are in the graph at once.
-- **Failures**: a video whose graph still fails after retries gets a failure record naming the
-  stage and cause; the split goes on.
+- **Failures**: a video whose graph fails gets a failure record naming the stage (the first of
+  its calls that failed) and the cause with the worker's traceback; a system failure (objects
+  lost with a node) resubmits the video's graph (``ray.video_retries``); nothing finishing for
+  ``ray.stall_timeout_s`` fails what is pending with a report. The split goes on.
 """
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ def _limit_threads(num_cpus: float) -> None:
     torch.set_num_threads(max(1, int(num_cpus)))
 
 
+def _on_node() -> None:
+    """Stage events of this worker name its node (once per process)."""
+    if not pl.PROCESS_NODE:
+        pl.PROCESS_NODE = ray.get_runtime_context().get_node_id()
+
+
 def _where() -> dict[str, Any]:
     ctx = ray.get_runtime_context()
     return {
@@ -120,6 +127,7 @@ class _ModelActor:
     call, so the driver sees the real cause (e.g. a ConfigError naming a key)."""
 
     def __init__(self, make: Callable[[], Any], num_cpus: float, seed: int) -> None:
+        _on_node()
         self._make, self._num_cpus, self._seed = make, num_cpus, seed
         self.model: Any = None
         self.error: BaseException | None = None
@@ -191,6 +199,7 @@ class GrounderActor(_ModelActor):
 @ray.remote
 def pool_task(video, keyframes, n_models, *batches):
     """Returns K + 2 objects: each keyframe's pooled candidates, the counts, the event."""
+    _on_node()
     per = len(batches) // max(n_models, 1)
     per_model = [batches[m * per : (m + 1) * per] for m in range(n_models)]
     pooled, counts, ev = pl.pool_call(video, keyframes, per_model)
@@ -199,56 +208,34 @@ def pool_task(video, keyframes, n_models, *batches):
 
 @ray.remote
 def nms_task(nms_cfg, video, *tables):
+    _on_node()
     return pl.nms_call(nms_cfg, video, tables)
 
 
 @ray.remote
 def ensemble_task(ens_cfg, work, *tables):
+    _on_node()
     return pl.ensemble_call(ens_cfg, work, tables)
 
 
 @ray.remote
 def finish_task(run_uri, cfg, work, every, kept, grounding, prediction, *events):
+    _on_node()
     return pl.finish_video(run_uri, cfg, work, every, kept, grounding, prediction, events)
 
 
-#: Ray function / class names -> pipeline stage, for failure records
-_STAGE_OF = {
-    "segment": "segmentation", "SegmenterActor": "segmentation",
-    "pool_task": "pooling",
-    "propagate": "propagation", "PropagatorActor": "propagation",
-    "nms_task": "nms",
-    "ground": "grounding", "GrounderActor": "grounding",
-    "ensemble_task": "ensemble",
-    "finish_task": "writer",
-}
-
-
-def failure_of(video_id: str, err: BaseException) -> Failure:
-    """A failure record from what ``ray.get`` raised: the stage whose call failed and the cause.
-
-    An error raised upstream reaches the writer's ref wrapped once per hop ("ray::finish_task()
-    ... At least one of the input arguments ... ray::SegmenterActor.segment() ..."), so the
-    stage is that of the *last* Ray function named in the message."""
+def failure_of(video_id: str, err: BaseException, stage: str) -> Failure:
+    """A failure record from what ``ray.get`` raised for a call of ``stage`` (known from the
+    graph: the first call of the video whose ref raised): the cause and the worker's traceback."""
     text = _ANSI.sub("", str(err))
-    names = _RAY_FN.findall(text)
     if isinstance(err, ray.exceptions.RayTaskError):
-        stage = _stage_of(names[-1]) if names else "unknown"
         cause = getattr(err, "cause", None) or err
         tb = _ANSI.sub("", str(getattr(err, "traceback_str", "") or text))  # the worker's traceback
         return resume.failure_from(video_id, stage, cause, tb)
-    # An actor that died for good, an object lost with its node, ...: name the actor's stage.
-    stage = next((s for name, s in _STAGE_OF.items() if name.endswith("Actor") and name in text), "unknown")
-    return resume.failure_from(video_id, stage, err, text)
+    return resume.failure_from(video_id, stage, err, text)  # an actor or node lost for good, ...
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_RAY_FN = re.compile(r"ray::([A-Za-z_][\w.]*)\(")
-
-
-def _stage_of(fn: str) -> str:
-    last = fn.rsplit(".", 1)[-1]
-    return _STAGE_OF.get(last, _STAGE_OF.get(fn.split(".", 1)[0], fn))
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,6 +260,40 @@ class _Video:
     video_ref: Any = None
     pooled: list = field(default_factory=list)
     events: list = field(default_factory=list)
+    attempt: int = 0  # whole-graph resubmissions after a system failure (a lost node's objects)
+
+    def reset(self) -> None:
+        self.work_ref = self.video_ref = None
+        self.pooled, self.events = [], []
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A submitted call of a video's graph, as the driver tracks it: its stage and item, and
+    what its ref returns (``event``: a stage event; ``counts``: the pooled candidate counts the
+    driver fans out on; ``done``: the writer's done record)."""
+
+    video: _Video
+    stage: str
+    item: str
+    kind: str = "event"
+    asks: str = ""  # what it waits for: a task's resources, or the actor it runs on
+
+
+#: Ray's errors of the system rather than of a stage's code: the video's graph is resubmitted
+#: (``ray.video_retries``) instead of recorded as failed
+_SYSTEM_ERRORS = tuple(getattr(ray.exceptions, n) for n in (
+    "RayActorError", "ObjectLostError", "WorkerCrashedError", "NodeDiedError", "RaySystemError",
+    "ObjectFetchTimedOutError", "LocalRayletDiedError") if hasattr(ray.exceptions, n))
+
+
+def is_system_error(err: BaseException) -> bool:
+    cause = getattr(err, "cause", None) if isinstance(err, ray.exceptions.RayTaskError) else None
+    return isinstance(err, _SYSTEM_ERRORS) or isinstance(cause, _SYSTEM_ERRORS)
+
+
+class StallError(RuntimeError):
+    """Nothing finished for ``ray.stall_timeout_s`` while calls were pending."""
 
 
 class RayExecutor:
@@ -305,7 +326,10 @@ class RayExecutor:
             "num_gpus": res.num_gpus,
             "resources": dict(res.custom),
             "max_restarts": int(self.c["ray"]["max_restarts"]),
-            "max_task_retries": int(self.c["ray"]["max_retries"]),
+            # a call whose actor died is retried for as long as the actor is being restarted
+            # (on another node after a node loss: far longer than a few quick retries), up to
+            # ray.max_restarts restarts; ray.stall_timeout_s bounds the wait
+            "max_task_retries": -1,
         }
 
     def requests(self) -> list[ActorRequest]:
@@ -373,7 +397,7 @@ class RayExecutor:
         return {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "resources": dict(r.custom),
                 "max_retries": int(self.c["ray"]["max_retries"])}
 
-    def _submit_segmentation(self, v: _Video) -> Any:
+    def _submit_segmentation(self, v: _Video, track: dict[Any, _Call]) -> None:
         c = self.c
         v.work_ref = ray.put(v.work)
         v.video_ref = ray.put(v.work.video)
@@ -385,17 +409,21 @@ class RayExecutor:
                 cand, ev = self._next(f"seg:{name}", actors).segment.remote(v.video_ref, frames)
                 cands.append(cand)
                 v.events.append(ev)
+                track[ev] = _Call(v, "segmentation", f"{name}@{','.join(map(str, frames))}",
+                                 asks=f"a {name!r} segmenter actor")
         outs = pool_task.options(num_returns=len(keyframes) + 2, **self._cpu_opts()).remote(
             v.video_ref, keyframes, len(self.segmenters), *cands)
         v.pooled = list(outs[:-2])
         v.events.append(outs[-1])
+        asks = _asks(self._cpu_opts())
+        track[outs[-1]] = _Call(v, "pooling", "pool_task", asks=asks)
+        track[outs[-2]] = _Call(v, "pooling", "pool_task counts", kind="counts", asks=asks)  # the driver's fan-out
         tel = telemetry.current()  # telemetry hook: calls submitted per stage (queue depth)
         for name in self.segmenters:
             tel.submitted("segmentation", len(batches), video_id=v.work.video_id, model=name)
         tel.submitted("pooling", 1, video_id=v.work.video_id)
-        return outs[-2]  # the counts: the one value the driver needs to fan out
 
-    def _submit_rest(self, v: _Video, counts: list[int]) -> Any:
+    def _submit_rest(self, v: _Video, counts: list[int], track: dict[Any, _Call]) -> None:
         c = self.c
         tables = []
         for call in pl.propagation_plan(counts, c["propagation"]["candidates_per_call"]):
@@ -403,31 +431,41 @@ class RayExecutor:
                 v.video_ref, v.pooled[call.keyframe_index], call)
             tables.append(t)
             v.events.append(ev)
+            track[ev] = _Call(v, "propagation", f"keyframe {call.keyframe_index} candidates [{call.start}:{call.stop}]",
+                              asks="a propagator actor")
         every, kept, ev = nms_task.options(num_returns=3, **self._cpu_opts()).remote(c["nms"], v.video_ref, *tables)
         v.events.append(ev)
+        track[ev] = _Call(v, "nms", "nms_task", asks=_asks(self._cpu_opts()))
         grounding = []
         for name, actors in self.grounders.items():
             g, ev = self._next(f"gnd:{name}", actors).ground.remote(v.work_ref, kept)
             grounding.append(g)
             v.events.append(ev)
+            track[ev] = _Call(v, "grounding", f"variant {name}", asks=f"a {name!r} grounder actor")
         g_all, pred, ev = ensemble_task.options(num_returns=3, **self._cpu_opts()).remote(
             c["ensemble"], v.work_ref, *grounding)
         v.events.append(ev)
+        track[ev] = _Call(v, "ensemble", "ensemble_task", asks=_asks(self._cpu_opts()))
         tel = telemetry.current()  # telemetry hook: calls submitted per stage (queue depth)
         tel.submitted("propagation", len(tables), video_id=v.work.video_id)
         for name in self.grounders:
             tel.submitted("grounding", 1, video_id=v.work.video_id, variant=name)
         for stage in ("nms", "ensemble", "writer"):
             tel.submitted(stage, 1, video_id=v.work.video_id)
-        return finish_task.options(**self._writer_opts()).remote(
+        done = finish_task.options(**self._writer_opts()).remote(
             self.rd.uri, self.cfg_ref, v.work_ref, every, kept, g_all, pred, *v.events)
+        track[done] = _Call(v, "writer", "finish_task", kind="done", asks=_asks(self._writer_opts()))
 
     def _writer_opts(self) -> dict[str, Any]:
         opts = self._cpu_opts()
         if self.rd.is_local:
-            # A local run directory exists on the driver's machine only: write there.
+            # A local run directory exists on the driver's machine only: write there. Pinned to
+            # one node, the writer reserves nothing: that node's CPUs may all be held by actors
+            # for the whole run (a head with num-cpus 0, or a head hosting the model actors),
+            # and a writer waiting for a CPU there would wait forever.
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
                 ray.get_runtime_context().get_node_id(), soft=False)
+            opts.update(num_cpus=0, num_gpus=0, resources={})
         return opts
 
     # ---- the driver loop ------------------------------------------------------------------------
@@ -471,38 +509,81 @@ class RayExecutor:
         self.cfg, self.c = cfg, c
 
     def _loop(self, p: resume.Plan, out: resume.Outcome, progress: bool) -> None:
+        """Submit videos (at most ``ray.max_videos_in_flight`` at once) and follow every call of
+        their graphs until each video is done or failed.
+
+        - The driver tracks each call's ref (its small event), so a failure is attributed to
+          the stage whose call failed first, from the graph, and "nothing finished" is known.
+        - A system failure (an actor or node lost with objects that cannot be rebuilt) sends
+          the video's whole graph again, up to ``ray.video_retries`` times; a stage's own error
+          is recorded at once.
+        - If no call finishes for ``ray.stall_timeout_s`` while calls are pending, the driver
+          fails the videos in flight and the queued ones with a report of what is pending,
+          where, and what each node has free (:class:`StallError`), instead of waiting forever.
+        """
+        rc = self.c["ray"]
         queue = deque(_Video(w) for w in p.todo)
-        pending: dict[Any, tuple[str, _Video]] = {}  # ref -> (phase, video)
-        limit = max(int(self.c["ray"]["max_videos_in_flight"]), 1)
+        track: dict[Any, _Call] = {}  # ref -> the call it belongs to
+        active: dict[str, _Video] = {}
+        limit = max(int(rc["max_videos_in_flight"]), 1)
+        stall_s, retries = float(rc["stall_timeout_s"]), int(rc["video_retries"])
         bar = tqdm(total=len(p.todo), desc="videos", unit="video", disable=not progress)
         bar.set_postfix(failed=0, skipped=len(p.skipped))
         rates = StageRates()  # telemetry hook: per-stage rates on the bar
-        while queue or pending:
-            while queue and len(pending) < limit:  # one pending ref per video in flight
+
+        def drop(v: _Video) -> None:
+            for ref in [r for r, call in track.items() if call.video is v]:
+                del track[ref]
+            active.pop(v.work.video_id, None)
+
+        def fail(v: _Video, f: Failure) -> None:
+            drop(v)
+            self.rd.write_failure(f)
+            out.failed[f.video_id] = f
+            out.event("video_failed", f.video_id, failed_stage=f.stage, error=f.error)
+            _failed(f)
+            self.on_phase("failed", f.video_id)
+            bar.update(1)
+            bar.set_postfix(failed=len(out.failed), skipped=len(p.skipped), rates=rates.postfix())
+
+        last_finish = time.monotonic()
+        while queue or active:
+            while queue and len(active) < limit:
                 v = queue.popleft()
-                pending[self._submit_segmentation(v)] = ("counts", v)
-                out.event("video_start", v.work.video_id)
+                active[v.work.video_id] = v
+                self._submit_segmentation(v, track)
+                out.event("video_start", v.work.video_id, attempt=v.attempt)
                 self.on_phase("submitted", v.work.video_id)
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                phase, v = pending.pop(ref)
-                vid = v.work.video_id
-                try:
-                    value = ray.get(ref)  # ready: returns at once (a count list or a done record)
-                except Exception as e:  # whatever ended this video's graph: recorded, the split goes on
-                    f = failure_of(vid, e)
-                    self.rd.write_failure(f)
-                    out.failed[vid] = f
-                    out.event("video_failed", vid, failed_stage=f.stage, error=f.error)
-                    _failed(f)
-                    self.on_phase("failed", vid)
-                    bar.update(1)
-                    bar.set_postfix(failed=len(out.failed), skipped=len(p.skipped), rates=rates.postfix())
+            refs = list(track)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
+            if ready:  # then every call finished by now, in one batch
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+                last_finish = time.monotonic()
+            # upstream first: an error reaches every call downstream of the one that raised it
+            for ref in sorted(ready, key=lambda r: pl.STAGES.index(track[r].stage) if r in track else 0):
+                call = track.pop(ref, None)
+                if call is None:  # its video was failed or resubmitted earlier in this batch
                     continue
-                if phase == "counts":
-                    pending[self._submit_rest(v, value)] = ("done", v)
+                v, vid = call.video, call.video.work.video_id
+                try:
+                    value = ray.get(ref)  # ready: returns at once (an event, counts or a done record)
+                except Exception as e:  # noqa: BLE001 - whatever ended this call: handled per video
+                    if is_system_error(e) and v.attempt < retries:
+                        drop(v)
+                        v.attempt += 1
+                        v.reset()
+                        queue.appendleft(v)
+                        out.event("video_retry", vid, failed_stage=call.stage, error=type(e).__name__)
+                        log.warning("video %s: %s in %s (%s); resubmitting its graph (%d/%d)", vid,
+                                    type(e).__name__, call.stage, call.item, v.attempt, retries)
+                    else:
+                        fail(v, failure_of(vid, e, call.stage))
+                    continue
+                if call.kind == "counts":
+                    self._submit_rest(v, value, track)
                     self.on_phase("propagation", vid)
-                else:
+                elif call.kind == "done":
+                    drop(v)
                     out.done[vid] = value
                     telemetry.current().video_done(vid)  # telemetry hook
                     rates.add(value)
@@ -510,7 +591,78 @@ class RayExecutor:
                     self.on_phase("done", vid)
                     bar.update(1)
                     bar.set_postfix(failed=len(out.failed), skipped=len(p.skipped), rates=rates.postfix())
+            waited = time.monotonic() - last_finish
+            if active and waited > stall_s:
+                report = self.stall_report(track, waited)
+                log.error("%s", report)
+                out.event("stall", pending=len(track))
+                err = StallError(report)
+                for v in list(active.values()):
+                    stages = [c.stage for c in track.values() if c.video is v]
+                    stage = min(stages, key=pl.STAGES.index) if stages else "unknown"
+                    fail(v, resume.failure_from(v.work.video_id, stage, err, report))
+                while queue:
+                    v = queue.popleft()
+                    fail(v, resume.failure_from(v.work.video_id, "not started", err, report))
         bar.close()
+
+    def stall_report(self, track: dict[Any, _Call], waited: float) -> str:
+        """What is pending and where: the driver's view (calls per video and stage), Ray's view
+        (tasks not finished: state, resources asked, node) and what each node has free."""
+        lines = [f"no call finished for {waited:.0f} s (ray.stall_timeout_s="
+                 f"{float(self.c['ray']['stall_timeout_s']):g}); pending calls:"]
+        by_video: dict[str, list[str]] = {}
+        for call in track.values():
+            by_video.setdefault(call.video.work.video_id, []).append(f"{call.stage} {call.item} (waits for {call.asks})")
+        for vid, calls in sorted(by_video.items()):
+            lines.append(f"  {vid}: " + "; ".join(sorted(set(calls))[:12]) + (" ..." if len(set(calls)) > 12 else ""))
+        lines.append("Ray's unfinished tasks (state, resources asked, node):")
+        lines += [f"  {t}" for t in _unfinished_tasks()] or ["  (none reported)"]
+        lines.append("nodes (free / total):")
+        lines += [f"  {n}" for n in _node_resources()]
+        lines.append("A task waiting for resources no node has free stays pending: free them (fewer "
+                     "actors or replicas), add nodes, or lower the stage's resources:.")
+        return "\n".join(lines)
+
+
+def _asks(opts: dict[str, Any]) -> str:
+    want = {"CPU": opts.get("num_cpus", 0), "GPU": opts.get("num_gpus", 0), **opts.get("resources", {})}
+    where = " on the driver's node" if "scheduling_strategy" in opts else ""
+    return (", ".join(f"{k}={v:g}" for k, v in want.items() if v) or "no resources") + where
+
+
+def _unfinished_tasks(limit: int = 40) -> list[str]:
+    try:
+        from ray.util.state import list_tasks
+
+        tasks = list_tasks(filters=[("job_id", "=", ray.get_runtime_context().get_job_id())], limit=1000,
+                           raise_on_missing_output=False, timeout=30)
+    except Exception as e:  # noqa: BLE001 - the state API is best effort in a report
+        return [f"(Ray's state API did not answer: {type(e).__name__}: {e})"]
+    out = []
+    for t in tasks:
+        state = str(getattr(t, "state", ""))
+        if state in ("FINISHED", "FAILED"):
+            continue
+        res = getattr(t, "required_resources", None) or {}
+        node = (getattr(t, "node_id", None) or "-")[:8]
+        out.append(f"{getattr(t, 'name', '?')}: {state}, asks {dict(res)}, node {node}")
+    return sorted(out)[:limit]
+
+
+def _node_resources() -> list[str]:
+    try:  # free resources per node: only Ray's internal state has them
+        from ray._private.state import available_resources_per_node  # noqa: PLC2701
+
+        free = available_resources_per_node()
+    except Exception:  # noqa: BLE001 - best effort: totals only
+        free = {}
+    out = []
+    for n in NodeResources.from_ray_nodes(ray.nodes()):
+        avail = free.get(n.node_id, {})
+        have = ", ".join(f"{k}={avail.get(k, float('nan')):g}/{v:g}" for k, v in sorted(n.total.items()))
+        out.append(f"{n.address} ({n.node_id[:8]}): {have}")
+    return out
 
 
 def _failed(f: Failure) -> None:

@@ -123,6 +123,7 @@ def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan,
         "compute_seconds": sum(stage_seconds.values()),
         "stage_seconds": stage_seconds,
         "timings": dict(out.timings),
+        "nodes": work_per_node(events),
         "failures": [{"video_id": f.video_id, "stage": f.stage, "error": f.error, "message": f.message,
                       "record": rd.path("failures", f"{f.video_id}.json")} for f in failures],
     }
@@ -134,6 +135,32 @@ def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan,
 
     write_run_report(rd.uri)
     return summary
+
+
+def work_per_node(events: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per node (its id, or the host where the executor knows no node): the actors it held and
+    the stage calls and seconds of work it did, overall and per stage."""
+    nodes: dict[str, dict[str, Any]] = {}
+
+    def node(key: str) -> dict[str, Any]:
+        return nodes.setdefault(key, {"actors": [], "calls": 0, "seconds": 0.0, "stages": {}})
+
+    for e in events:
+        if e.get("stage") == "driver":
+            for stage, items in (e.get("placements") or {}).items() if e.get("item") == "actors_ready" else ():
+                for p in items:
+                    node(str(p.get("node_id") or p.get("host", "?")))["actors"].append(f"{stage} {p.get('name', '')}")
+            continue
+        if "start" not in e or "end" not in e:
+            continue
+        d = node(str(e.get("node") or e.get("host", "?")))
+        sec = float(e["end"] - e["start"])
+        d["calls"] += 1
+        d["seconds"] += sec
+        st = d["stages"].setdefault(e["stage"], {"calls": 0, "seconds": 0.0})
+        st["calls"] += 1
+        st["seconds"] += sec
+    return nodes
 
 
 def split_scores(cfg: DictConfig, works: Sequence[VideoWork], metrics: Any) -> dict[str, Any]:

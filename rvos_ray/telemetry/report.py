@@ -203,7 +203,8 @@ def render(run_dir: str, worst_n: int = 10) -> str:
         generated=_dt.datetime.now().isoformat(timespec="seconds"), plotly_js=Markup(get_plotlyjs()),
         cards=cards, failures=summary.get("failures", []), plots=plots,
         stage_rows=figs.throughput_table(events, frames_of), worst=worst, thumbnail_note=thumb_note,
-        config_yaml=config_yaml, environment=env_rows, placements=placements(events))
+        config_yaml=config_yaml, environment=env_rows, placements=placements(events),
+        nodes=sorted((summary.get("nodes") or {}).items()))
 
 
 def write_report(run_dir: str, out: str | None = None, worst_n: int = 10) -> str:

@@ -84,6 +84,11 @@ frame {{ w.thumb.frame }}, IoU {{ "%.3f"|format(w.thumb.iou) }}{% else %}&ndash;
 {% for p in placements %}<tr><td>{{ p.stage }}</td><td>{{ p.name }}</td><td>{{ p.host }}</td><td>{{ p.node_id[:12] }}</td>
 <td class="num">{{ p.pid }}</td><td>{{ p.resources }}</td><td>{{ p.gpu_ids }}</td></tr>
 {% endfor %}</table>{% endif %}
+{% if nodes %}<h3>Work per node</h3>
+<table id="nodes-table"><tr><th>node</th><th>actors</th><th>calls</th><th>seconds</th><th>by stage (calls, s)</th></tr>
+{% for n, d in nodes %}<tr><td>{{ n[:12] }}</td><td>{{ d.actors | join(", ") }}</td><td class="num">{{ d.calls }}</td>
+<td class="num">{{ "%.1f" % d.seconds }}</td><td>{% for s, v in d.stages.items() %}{{ s }} {{ v.calls }}, {{ "%.1f" % v.seconds }}{% if not loop.last %}; {% endif %}{% endfor %}</td></tr>
+{% endfor %}</table>{% endif %}
 </body>
 </html>
 """
