@@ -22,7 +22,7 @@ from rvos_ray.runtime.run_cli import build_parser, exit_code, report, run_from_a
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("jobs/evaluate.py", "Run and score a split on Ray (a Ray job entry point).")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     summary = run_from_args(args)
     report(summary)
     return exit_code(args, summary)

@@ -22,7 +22,7 @@ from rvos_ray.runtime.run_cli import build_parser, exit_code, report, run_from_a
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("jobs/infer.py", "Write a split's submission on Ray (a Ray job entry point).")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     # Submission only: never score, even where annotations exist; always zip.
     summary = run_from_args(args, forced_overrides=["run.score=false", "run.submission_zip=true"])
     report(summary)

@@ -22,7 +22,7 @@ from rvos_ray.sweep.sweep_cli import build_parser, report, sweep  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("jobs/sweep_ensemble.py").parse_args(argv)
+    args = build_parser("jobs/sweep_ensemble.py").parse_intermixed_args(argv)
     report(sweep(args))
     return 0
 

@@ -254,7 +254,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     figures = run_demo(args)
     print(json.dumps(figures))

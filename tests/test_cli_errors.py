@@ -47,8 +47,10 @@ def test_a_missing_config_file(tmp_path):
 def test_a_bad_override_and_a_bad_data_root(tmp_path):
     r = _cli("run", "--config", "configs/tiny.yaml", "nms.no_such_key=1", "--executor", "local")
     _one_clean_error(r, "rvos-ray run", "no_such_key")
-    r = _cli("run", "--config", "configs/tiny.yaml", f"data.root={tmp_path / 'none'}", "--executor", "local")
+    r = _cli("run", "--config", "configs/tiny.yaml", f"data.root={tmp_path / 'none'}", "--executor", "local",
+             f"run.dir={tmp_path / 'run'}")
     _one_clean_error(r, "rvos-ray run", "does not exist")
+    assert not (tmp_path / "run").exists()  # nothing written for a run that could not start
 
 
 def test_the_job_entry_points_speak_the_same_way(tmp_path):

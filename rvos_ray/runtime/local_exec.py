@@ -116,8 +116,8 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
 
     ``stages``: models already built (by :class:`LocalStages` for a config with the same model
     sections), reused instead of building them again, e.g. across runs of a test."""
+    split = pl.load_split(cfg)  # a bad data root or selection fails before the run dir is touched
     rd = resume.start_run(cfg)
-    split = pl.load_split(cfg)
     works = list(split.works)
     p = resume.plan(rd, split, cfg.run.resume)
     out = resume.Outcome(executor="local")

@@ -478,8 +478,8 @@ class RayExecutor:
         if cfg is not None:
             self._use(cfg)
         cfg = self.cfg
+        split = pl.load_split(cfg)  # a bad data root or selection fails before the run dir is touched
         self.rd: RunDir = resume.start_run(cfg)
-        split = pl.load_split(cfg)
         works = list(split.works)
         p = resume.plan(self.rd, split, cfg.run.resume)
         out = resume.Outcome(executor="ray")

@@ -76,7 +76,7 @@ def exit_code(args: argparse.Namespace, summary: dict[str, Any]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     summary = run_from_args(args)
     report(summary)

@@ -31,7 +31,7 @@ def build_parser(prog: str = "rvos-ray ablate") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     acfg = load_ablation_config(args.config)
     if args.base:

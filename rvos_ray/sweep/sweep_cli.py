@@ -148,7 +148,7 @@ def report(s: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     report(sweep(args))
     return 0

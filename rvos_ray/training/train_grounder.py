@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="YAML config (grounding.variants + train_grounder)")
     ap.add_argument("--variant", default="", help="grounding variant to train (default: train_grounder.variant)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg, args.variant)
     for phase, hist in summary["phases"].items():

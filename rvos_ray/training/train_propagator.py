@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rvos-ray train-propagator", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="training YAML (e.g. configs/propagator/tiny.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 work_dir=runs/x")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = load_train_config(args.config, args.overrides)
     summary = train(cfg, log=lambda m: print(m, flush=True))
     print(json.dumps(summary))
