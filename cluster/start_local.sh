@@ -20,6 +20,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 ray_bin="${RAY_BIN:-$repo/.venv/bin/ray}"
 [ -x "$ray_bin" ] || ray_bin="$(command -v ray)"
+# Jobs submitted to this head run `python ...` from its environment: the same venv as its ray.
+export PATH="$(dirname "$ray_bin"):$PATH"
 
 RAY_PORT="${RAY_PORT:-6380}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"

@@ -196,8 +196,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key = getattr(e, "full_key", None)
         msg = getattr(e, "msg", str(e))
         raise ConfigError(f"{where}: key {key!r}: {msg}" if key else f"{where}: {msg}") from e
+    for key in ABSOLUTE_PATHS:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+            OmegaConf.update(cfg, key, str(Path(value).absolute()))
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+#: local paths made absolute when a config is loaded: the run directory's config.yaml is read
+#: again by other processes (a sweep's Ray job, a resumed run) whose working directory differs
+ABSOLUTE_PATHS = ("data.root", "run.dir")
 
 
 def apply_overrides(cfg: DictConfig, items: Sequence[str] | None) -> None:
