@@ -1,5 +1,5 @@
 # The two README commands are `make demo` and `make test`; both install what they need first.
-.PHONY: install install-system demo demo-models test test-fast bench clean-venv
+.PHONY: install lock install-system demo demo-models test test-fast bench clean-venv
 
 PY := .venv/bin/python
 PYTEST_ARGS ?=
@@ -9,6 +9,10 @@ export TRANSFORMERS_OFFLINE := 1
 
 install:
 	@bash cluster/install.sh
+
+# Re-resolve requirements.lock after editing pyproject.toml's dependencies (UPGRADE=1: newest).
+lock:
+	@UPGRADE=$(UPGRADE) bash cluster/lock.sh
 
 install-system:
 	@bash cluster/install_system.sh
