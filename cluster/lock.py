@@ -154,10 +154,14 @@ def _freeze(text: str) -> dict:
     got = {}
     for line in text.splitlines():
         line = line.strip()
-        if not line or line.startswith(("#", "-e ")) or "==" not in line:
+        if not line or line.startswith(("#", "-e ")):
             continue
-        name, version = line.split("==", 1)
-        got[canonicalize_name(name)] = (name, version.strip())
+        if " @ " in line:  # installed from a file or URL: no version to compare
+            name, url = line.split(" @ ", 1)
+            got[canonicalize_name(name)] = (name, f"@ {url.strip()}")
+        elif "==" in line:
+            name, version = line.split("==", 1)
+            got[canonicalize_name(name)] = (name, version.strip())
     return got
 
 
@@ -183,9 +187,11 @@ def freeze_diff(freeze_text: str, path: Path = LOCK) -> list[str]:
     for name, version in sorted(want.items()):
         if name not in got:
             problems.append(f"{name}=={version} is locked but not installed")
-        elif Version(got[name][1]) != Version(version):
+        elif got[name][1].startswith("@") or Version(got[name][1]) != Version(version):
             problems.append(f"{name} is {got[name][1]}, locked {version}")
-    problems += [f"{got[n][0]}=={got[n][1]} is installed but not locked" for n in sorted(set(got) - set(want))]
+    for n in sorted(set(got) - set(want)):
+        name, version = got[n]
+        problems.append(f"{name}{' ' if version.startswith('@') else '=='}{version} is installed but not locked")
     return problems
 
 
@@ -263,7 +269,7 @@ def main(argv: list[str]) -> int:
         if cmd in ("freeze-diff", "extraneous"):
             text = Path(args[0]).read_text() if args and args[0] != "-" else sys.stdin.read()
             if cmd == "extraneous":
-                print("\n".join(extraneous(text)))
+                sys.stdout.write("".join(f"{name}\n" for name in extraneous(text)))
                 return 0
             problems = freeze_diff(text)
             for p in problems:
