@@ -6,14 +6,16 @@
 #   RVOS_CACHE   shared across clones, outside them: the built mmcv wheel (default ~/.cache/rvos-ray)
 #   PYTHON       interpreter to build the venv from (default: python3.11, else python3)
 #   MAX_JOBS     parallel compiles for mmcv's one-time build (default: the number of cores)
+#   RVOS_INSTALLER  uv (default) or pip: what installs the lock
 #
 # requirements.lock (`make lock`) pins every package with its sha256 hashes; it is installed with
-# --require-hashes --no-deps, so nothing is resolved here and every clone gets the same stack.
+# --require-hashes --no-deps (by uv, itself locked; pip if uv fails), so nothing is resolved here
+# and every clone gets the same stack.
 # mmcv 2.1.0 (the newest release mmdet 3.3.0 accepts) ships no wheel for this torch: it is
 # compiled from its sdist against the installed torch once, the wheel cached in $RVOS_CACHE/wheels
 # and installed with --no-deps. Its build asks for -std=c++17 but torch 2.14's headers need C++20:
-# a compiler wrapper rewrites the flag. pip's own download cache (~/.cache/pip, PIP_CACHE_DIR) is
-# shared by all clones too.
+# a compiler wrapper rewrites the flag. uv's package cache ($RVOS_CACHE/uv, or UV_CACHE_DIR) and
+# pip's (~/.cache/pip) are shared by all clones too.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -66,20 +68,45 @@ pip_() {  # pip, minus the noise of this machine's unused extra index locations
   "$vpy" -m pip --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
-# 2. the locked pip first (the venv's bundled one may be old), then everything else in the lock
+# 2. the lock, hash-checked, nothing resolved. uv installs it (RVOS_INSTALLER=pip: pip does), uv
+# itself first, from the lock, by the venv's pip. uv reads no pip configuration: the package
+# sources pip is configured with here (indexes, find-links) are handed to it; the hashes decide
+# which files are acceptable, whatever source offers them.
 sel=$(mktemp -d)
 trap 'rc=$?; rm -rf "$sel"; [ $rc -eq 0 ] || log "FAILED after $(took)"; exit $rc' EXIT
-"$python" "$repo/cluster/lock.py" select pip > "$sel/pip.txt"
-pip_ install -q --require-hashes --no-deps -r "$sel/pip.txt"
+installer=${RVOS_INSTALLER:-uv}
+"$python" "$repo/cluster/lock.py" select pip uv > "$sel/tools.txt"
+tools=$(grep -o '^[a-z]*==[^ ]*' "$sel/tools.txt")  # pip==..., uv==...
+if [ "$(freeze | grep -cxF "$tools")" != 2 ]; then
+  pip_ install -q --require-hashes --no-deps -r "$sel/tools.txt"
+fi
 # packages the lock no longer has (or an older install added) go, so the venv equals the lock
 mapfile -t extra < <(freeze | "$python" "$repo/cluster/lock.py" extraneous - | grep -vx -e 'rvos-ray' -e '' || true)
 if [ ${#extra[@]} -gt 0 ]; then
   log "removing what the lock does not have: ${extra[*]}"
   pip_ uninstall -q -y "${extra[@]}"
 fi
+uv_sources() {  # pip's configured package sources (pip config list, env included) as uv options
+  local key value v
+  "$vpy" -m pip config list 2>/dev/null \
+    | sed -n -E "s/^[^.]*\.(index-url|extra-index-url|find-links)='(.*)'\$/\1 \2/p" \
+    | while read -r key value; do for v in $value; do printf -- '--%s\n%s\n' "$key" "$v"; done; done
+}
 t=$(date +%s)
-log "installing requirements.lock ($(grep -c '^[A-Za-z0-9].*==' "$lock") packages, hashes checked)"
-pip_ install -q --require-hashes --no-deps -r "$lock"
+log "installing requirements.lock with $installer ($(grep -c '^[A-Za-z0-9].*==' "$lock") packages, hashes checked)"
+if [ "$installer" = uv ]; then
+  mapfile -t sources < <(uv_sources)
+  # copies, not hard links into uv's cache: this venv shares no file with another clone's
+  if ! UV_CACHE_DIR=${UV_CACHE_DIR:-$cache/uv} UV_PYTHON_DOWNLOADS=never "$venv/bin/uv" pip install \
+      -q --python "$vpy" --require-hashes --no-deps --link-mode copy \
+      --index-strategy unsafe-best-match "${sources[@]}" -r "$lock"; then
+    log "uv failed: installing the same lock with pip instead (RVOS_INSTALLER=pip skips uv)"
+    installer=pip
+  fi
+fi
+if [ "$installer" = pip ]; then
+  pip_ install -q --require-hashes --no-deps -r "$lock"
+fi
 log "  locked packages in $(took "$t")"
 
 # 3. mmcv: the cached wheel, or build it once (the venv now has torch, mmengine, setuptools, ninja)
