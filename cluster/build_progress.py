@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns a verbose build's output (pip -v running a torch extension build under ninja) into
-progress: one line per compiled file, `[23/77] pytorch/cpu/roi_align.cpp  12:04 elapsed, ~28 min
-left`, and a heartbeat while nothing new has printed for a minute (the link step, packing the
+progress: one line per compiled file, `[23/77] pytorch/cpu/roi_align.cpp  5:04 elapsed, ~12 min
+left` (the time left from the rate so far, from --estimate-min before that), and a heartbeat while nothing new has printed for a minute (the link step, packing the
 wheel). Everything read goes to --log; when the build fails, the caller prints its tail.
 
     pip wheel -v ... 2>&1 | python cluster/build_progress.py --log build.log [--prefix '[install] ']
@@ -36,10 +36,13 @@ def clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, out, prefix: str = "", heartbeat: float = 60.0, now=time.monotonic):
+    def __init__(self, out, prefix: str = "", heartbeat: float = 60.0, now=time.monotonic,
+                 estimate_min: float | None = None):
         self.out, self.prefix, self.heartbeat, self.now = out, prefix, heartbeat, now
         self.start = self.last_print = now()
+        self.estimate = estimate_min * 60 if estimate_min else None
         self.steps = 0
+        self.first = None  # (time, step) of the first step seen: the rate is measured from it
         self.lock = threading.Lock()
 
     def say(self, text: str) -> None:
@@ -54,10 +57,17 @@ class Progress:
             return
         done, total = int(m[1]), int(m[2])
         self.steps = done
-        elapsed = self.now() - self.start
-        left = ""
-        if 0 < done < total:
-            left = f", ~{max(1, round(elapsed / done * (total - done) / 60))} min left"
+        now = self.now()
+        elapsed = now - self.start
+        if self.first is None:
+            self.first = (now, done)
+        t0, d0 = self.first
+        left = None
+        if done - d0 >= 4:  # a measured rate
+            left = (now - t0) / (done - d0) * (total - done)
+        elif self.estimate is not None:  # the estimate, until there is one
+            left = self.estimate - elapsed
+        left = f", ~{max(1, round(left / 60))} min left" if left is not None and done < total else ""
         self.say(f"  [{done}/{total}] {source_of(m[3])}  {clock(elapsed)} elapsed{left}")
 
     def beat(self) -> None:
@@ -71,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", required=True)
     ap.add_argument("--prefix", default="")
     ap.add_argument("--heartbeat", type=float, default=60.0)
+    ap.add_argument("--estimate-min", type=float, help="the expected build time, until measured")
     args = ap.parse_args(argv)
-    progress = Progress(sys.stderr, args.prefix, args.heartbeat)
+    progress = Progress(sys.stderr, args.prefix, args.heartbeat, estimate_min=args.estimate_min)
     stop = threading.Event()
 
     def ticker():

@@ -128,18 +128,22 @@ def test_venv_is_this_clones_own_and_equals_the_lock():
 def test_progress_lines_of_a_ninja_build():
     now = [0.0]
     out = io.StringIO()
-    p = build_progress.Progress(out, "[install] ", heartbeat=60, now=lambda: now[0])
+    p = build_progress.Progress(out, "[install] ", heartbeat=60, now=lambda: now[0], estimate_min=18)
     p.feed("running build_ext\n")
-    now[0] = 150.0
-    p.feed("[5/77] /tmp/b/bin/g++ -MMD -MF x.o.d -I/s/mmcv/ops/csrc/common -c -c "
-           "/s/mmcv/ops/csrc/pytorch/cpu/roi_align.cpp -o /b/roi_align.o -std=c++20\n")
+    now[0] = 60.0  # the estimate until a rate is measured, then the rate (15 s a file)
+    for step in range(1, 6):
+        p.feed(f"[{step}/77] /tmp/b/bin/g++ -MMD -MF x.o.d -I/s/mmcv/ops/csrc/common -c -c "
+               f"/s/mmcv/ops/csrc/pytorch/cpu/roi_align.cpp -o /b/roi_align.o -std=c++20\n")
+        now[0] += 15
     now[0] = 1800.0
     p.feed("[77/77] c++ -c /s/mmcv/ops/csrc/pytorch/nms.cpp -o nms.o\n")
     p.beat()  # just printed: no heartbeat
     now[0] = 1900.0
     p.beat()
-    assert out.getvalue().splitlines() == [
-        "[install]   [5/77] pytorch/cpu/roi_align.cpp  2:30 elapsed, ~36 min left",
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[install]   [1/77] pytorch/cpu/roi_align.cpp  1:00 elapsed, ~17 min left"
+    assert lines[4] == "[install]   [5/77] pytorch/cpu/roi_align.cpp  2:00 elapsed, ~18 min left"
+    assert lines[5:] == [
         "[install]   [77/77] pytorch/nms.cpp  30:00 elapsed",
         "[install]   ... linking and packing the wheel, 31:40 elapsed",
     ]
