@@ -1,5 +1,5 @@
 # The two README commands are `make demo` and `make test`; both install what they need first.
-.PHONY: install install-system demo demo-models test test-fast bench clean-venv
+.PHONY: install lock install-system demo demo-models test test-fast bench clean-venv
 
 PY := .venv/bin/python
 PYTEST_ARGS ?=
@@ -7,8 +7,14 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
+# This clone's .venv from requirements.lock (hash-checked); the mmcv wheel is built once and cached
+# in $RVOS_CACHE/wheels (default ~/.cache/rvos-ray). Fails if the lock and pyproject.toml disagree.
 install:
 	@bash cluster/install.sh
+
+# Re-resolve requirements.lock after editing pyproject.toml's dependencies (UPGRADE=1: newest).
+lock:
+	@UPGRADE=$(UPGRADE) bash cluster/lock.sh
 
 install-system:
 	@bash cluster/install_system.sh
@@ -59,5 +65,6 @@ test-fast: install
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# This clone's venv only; the shared caches (built mmcv wheel, pip's downloads) stay.
 clean-venv:
-	rm -rf .venv "$${RVOS_CACHE:-$$HOME/.cache/rvos-ray}/venv"
+	rm -rf .venv
