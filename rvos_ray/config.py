@@ -196,6 +196,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key = getattr(e, "full_key", None)
         msg = getattr(e, "msg", str(e))
         raise ConfigError(f"{where}: key {key!r}: {msg}" if key else f"{where}: {msg}") from e
+    for section in ("segmentation.models", "grounding.variants"):
+        names = [str(e.get("name", "")) if isinstance(e, DictConfig) else "" for e in OmegaConf.select(cfg, section)]
+        if "" in names:
+            raise ConfigError(f"{where}: every entry of {section} needs a name (entry {names.index('')})")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{where}: {section} names must be unique (actors, tables and ensemble "
+                              f"weights are keyed by them); repeated: {twice}")
     for key in ABSOLUTE_PATHS:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():

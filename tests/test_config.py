@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,13 @@ def test_registry_builds_with_typed_options_and_names_errors():
 def test_parse_options_ignores_meta_keys():
     o = parse_options(_Opts, {"backend": "b", "name": "m", "resources": {}}, "w")
     assert o.name == "m" and o.depth == 18  # name is declared by _Opts, so it is kept
+
+
+def test_model_and_variant_names_are_unique():
+    from rvos_ray.config import load_config
+    from rvos_ray.registry import ConfigError
+
+    with pytest.raises(ConfigError, match="segmentation.models names must be unique.*htc"):
+        load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", ["segmentation.models.1.name=htc"])
+    with pytest.raises(ConfigError, match="grounding.variants names must be unique"):
+        load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", ["grounding.variants.1.name=tiny-r18-t"])

@@ -149,3 +149,16 @@ def test_a_video_without_ground_truth_in_an_annotated_split_fails_naming_the_fol
     [f] = s["failures"]
     assert (f["video_id"], f["stage"], f["error"]) == (folder.name, "writer", "DataError")
     assert str(folder) in f["message"] and "no ground truth" in f["message"]
+
+
+def test_a_redo_forgets_the_old_done_markers(clean_run, data, stages, tmp_path):
+    """run.resume=false: a video that fails in the redo is not skipped later as done."""
+    run = copy_data(clean_run[0], tmp_path / "run")
+    bad = copy_data(data, tmp_path / "bad")
+    vid = corrupt_video(bad)
+    s = run_local(tiny_cfg(bad, run, "run.resume=false"), progress=False, stages=stages)
+    assert (s["done"], s["failed"], s["skipped"]) == (VIDEOS - 1, 1, 0)
+    assert vid not in RunDir(str(run)).done_videos()
+    # resuming now redoes the failed video (the data is mended), it is not skipped as done
+    again = run_local(tiny_cfg(bad.parent / "bad", run), progress=False, stages=stages)
+    assert again["skipped"] == VIDEOS - 1 and again["done"] + again["failed"] == 1

@@ -56,8 +56,16 @@ def start_run(cfg: DictConfig) -> RunDir:
     every result-affecting key (:meth:`RunDir.write_config`)."""
     rd = RunDir(cfg.run.dir)
     if not cfg.run.resume and fio.exists(rd.config_path):
+        # a deliberate redo: the new config replaces the old one, and no video counts as done
+        # (or failed) under it until it is redone: a video failing in the redo must not be
+        # skipped later as finished with the old config's tables
+        for vid in rd.done_videos():
+            fs, path = fio.resolve(rd.video_path(vid, "done.json"))
+            fs.delete_file(path)
+        for f in rd.failures():
+            rd.clear_failure(f.video_id)
         fs, path = fio.resolve(rd.config_path)
-        fs.delete_file(path)  # a deliberate redo: the new config replaces the old one
+        fs.delete_file(path)
     rd.write_config(cfg)
     return rd
 
