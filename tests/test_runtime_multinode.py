@@ -100,6 +100,8 @@ def test_actors_land_where_their_resources_say_and_tables_equal_in_process(data,
         prop_nodes = {n for n, d in per_node.items() if "propagation" in d["stages"]}
         assert prop_nodes <= workers and prop_nodes
         assert per_node[nodes.head_id]["stages"].get("writer", {}).get("calls") == VIDEOS
+        html = (run / "report.html").read_text()
+        assert 'id="nodes-table"' in html and all(n[:12] in html for n in per_node)
     finally:
         nodes.close()
 
