@@ -22,7 +22,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from _runtime_support import REPO, is_loopback
+from _runtime_support import REPO, free_ports, is_loopback
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -124,17 +123,6 @@ def test_the_readme_has_the_commands_this_file_runs():
 # ------------------------------------------------------------------------------------------------
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _user_env(**extra: str) -> dict[str, str]:
     """A new shell's environment: none of the RAY_* settings this suite sets for itself, and
     no venv on PATH (the README's commands name .venv/bin/...)."""
@@ -163,7 +151,7 @@ def checkout(tmp_path_factory):
 @pytest.fixture(scope="module")
 def head(checkout):
     """`cluster/start_local.sh --block` (as the README starts it) on free 127.0.0.1 ports."""
-    gcs, dash, client, agent = _free_ports(4)
+    gcs, dash, client, agent = free_ports(4)
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths have a length limit
     env = _user_env(RAY_PORT=str(gcs), RAY_DASHBOARD_PORT=str(dash), RAY_CLIENT_PORT=str(client),
                     RAY_AGENT_PORT=str(agent), RAY_TEMP_DIR=temp_dir, RAY_NUM_CPUS="8")

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import time
 
 import pytest
 
-from _runtime_support import REPO, VIDEOS, assert_same_results, make_data, tiny_cfg, write_test_config
+from _runtime_support import REPO, VIDEOS, assert_same_results, free_ports, make_data, tiny_cfg, write_test_config
 from rvos_ray.runtime.local_exec import run_local
 from rvos_ray.runtime.run_dir import RunDir
 
@@ -104,17 +103,6 @@ def test_driver_killed_mid_run_then_rerun_skips_finished_videos(config, data, re
     assert_same_results(reference, run)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _ray_cli(env, *args, timeout=120):
     """The `ray` CLI in a fresh process (it reads the auth token and mode from env / ~/.ray)."""
     return subprocess.run([str(VENV_BIN / "ray"), *args], cwd=REPO, env=env, capture_output=True,
@@ -135,7 +123,7 @@ def _job_status(env, address, sid) -> str:
 
 
 def test_job_submission_to_a_local_head(config, data, reference, tmp_path):
-    gcs, dash, client, agent = _free_ports(4)
+    gcs, dash, client, agent = free_ports(4)
     temp_dir = tempfile.mkdtemp(prefix="rr", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = _env(RAY_PORT=str(gcs), RAY_DASHBOARD_PORT=str(dash), RAY_CLIENT_PORT=str(client),
                RAY_AGENT_PORT=str(agent), RAY_NUM_CPUS="4", RAY_TEMP_DIR=temp_dir,
