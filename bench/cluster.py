@@ -12,8 +12,8 @@ Both runs use configs/tiny.yaml with the stages pinned by custom resources (segm
 Figures per run: videos/s over the executor's loop (models loaded before), each stage's busy
 fraction (the share of the loop during which at least one call of the stage computed), and the
 time lost waiting on the driver: per video, from the end of its pooling call (the counts the
-driver needs) to the start of its first propagation call (the driver fetched the counts and
-fanned out), summed. All nodes share this machine's 2 cores, so three nodes cannot be faster
+driver needs) to the moment the driver had submitted its propagation calls (its ``fan_out``
+event), summed; and, apart, the time those calls then queued for a free propagator. All nodes share this machine's 2 cores, so three nodes cannot be faster
 than one here: the figure shows what the extra processes and object transfers cost, and the
 bench says what limited the speed-up. Last stdout line: one JSON object.
 """
@@ -57,13 +57,17 @@ def figures(name: str, s: dict, run: Path) -> dict:
     out = {f"{name}_videos_per_s": s["done"] / loop, f"{name}_loop_s": loop}
     for stage in sorted({e["stage"] for e in calls}):
         out[f"{name}_busy_{stage}"] = _union([(e["start"], e["end"]) for e in calls if e["stage"] == stage]) / loop
-    lost = 0.0
+    lost, queued = 0.0, 0.0
+    fan_out = {e["video_id"]: e["time"] for e in events if e.get("item") == "fan_out"}
     for vid in {e["video_id"] for e in calls}:
         pool = [e["end"] for e in calls if e["video_id"] == vid and e["stage"] == "pooling"]
         prop = [e["start"] for e in calls if e["video_id"] == vid and e["stage"] == "propagation"]
-        if pool and prop:
-            lost += max(0.0, min(prop) - max(pool))
+        if pool and vid in fan_out:
+            lost += max(0.0, fan_out[vid] - max(pool))  # the driver fetching counts and submitting
+        if prop and vid in fan_out:
+            queued += max(0.0, min(prop) - fan_out[vid])  # the calls waiting for a free propagator
     out[f"{name}_driver_wait_s"] = lost
+    out[f"{name}_propagation_queue_s"] = queued
     out[f"{name}_nodes"] = len(s.get("nodes", {}))
     return out
 
@@ -97,7 +101,8 @@ def main() -> int:
             out.update(figures(name, s, tmp / name))
             busy = ", ".join(f"{k.split('_busy_')[1]} {100 * v:.0f}%" for k, v in out.items() if k.startswith(f"{name}_busy_"))
             print(f"{name:<12} {out[f'{name}_videos_per_s']:.3f} videos/s on {out[f'{name}_nodes']} node(s) "
-                  f"(loop {out[f'{name}_loop_s']:.1f}s; waiting on the driver {out[f'{name}_driver_wait_s']:.2f}s); "
+                  f"(loop {out[f'{name}_loop_s']:.1f}s; waiting on the driver {out[f'{name}_driver_wait_s']:.2f}s, "
+                  f"for a free propagator {out[f'{name}_propagation_queue_s']:.2f}s); "
                   f"busy: {busy}", flush=True)
 
         ray.init(address="local", num_cpus=10, resources={"seg": 2, "prop": 4, "gnd": 2}, include_dashboard=False,

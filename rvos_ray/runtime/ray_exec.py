@@ -581,6 +581,7 @@ class RayExecutor:
                     continue
                 if call.kind == "counts":
                     self._submit_rest(v, value, track)
+                    out.event("fan_out", vid)  # the propagation calls are submitted
                     self.on_phase("propagation", vid)
                 elif call.kind == "done":
                     drop(v)
