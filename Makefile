@@ -56,11 +56,11 @@ demo-models: install
 
 # The whole suite (exits non-zero on failures and on "no tests collected").
 test: install install-system
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@PYTHONFAULTHANDLER=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # Unit tests only (no slow, no ray).
 test-fast: install
-	@$(PY) -m pytest -m "not slow and not ray" $(PYTEST_ARGS)
+	@PYTHONFAULTHANDLER=1 $(PY) -m pytest -m "not slow and not ray" $(PYTEST_ARGS)
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
