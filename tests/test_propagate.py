@@ -19,15 +19,9 @@ from rvos_ray import masks
 from rvos_ray.config import load_config
 from rvos_ray.data.errors import DataError
 from rvos_ray.registry import ConfigError
-from rvos_ray.stages.propagate import (
-    TrackletBuilder,
-    assign_tracklet_ids,
-    build_propagator,
-    chunk_candidates,
-    frame_order,
-    masks_and_probabilities,
-    propagate_video,
-)
+from rvos_ray.runtime import pipeline as pl
+from rvos_ray.runtime.stage_adapters import build_propagator
+from rvos_ray.stages.propagate import TrackletBuilder, frame_order, masks_and_probabilities
 from rvos_ray.types import TRACKLET_SCHEMA, Candidates, SchemaError, Video, validate
 
 torch.set_num_threads(1)
@@ -86,14 +80,15 @@ def test_frame_order_forward_then_backward():
 
 
 def test_tracklet_ids_and_chunks():
+    """The runtime's plan: calls per keyframe and chunk; ids keyframe by keyframe."""
     c = _candidates(0, 4)
-    ids = assign_tracklet_ids([c, Candidates("vid", 2, H, W), c], first_id=10)
-    assert ids == [[10, 11, 12], [], [13, 14, 15]]
-    chunks = chunk_candidates(c, ids[2], 2)
-    assert [cid for _, cid in chunks] == [[13, 14], [15]]
-    assert chunks[1][0].sources == ("htc",) and chunks[1][0].scores == (0.3,)
-    with pytest.raises(ValueError, match="candidates_per_call"):
-        chunk_candidates(c, ids[0], 0)
+    calls = pl.propagation_plan([3, 0, 3], 2)
+    assert [(x.keyframe_index, x.start, x.stop) for x in calls] == [(0, 0, 2), (0, 2, 3), (2, 0, 2), (2, 2, 3)]
+    assert [x.tracklet_ids for x in calls] == [[0, 1], [2], [3, 4], [5]]
+    part = pl.slice_candidates(c, calls[-1].start, calls[-1].stop)
+    assert part.sources == ("htc",) and part.scores == (0.3,)
+    with pytest.raises(ConfigError, match="candidates_per_call"):
+        pl.propagation_plan([3], 0)
 
 
 def test_masks_and_probabilities_hand_checked():
@@ -192,10 +187,13 @@ def test_cfbi_candidates_are_independent(tmp_path):
             assert together[i][f][1] == pytest.approx(rows[i][f][1], abs=1e-3)
 
 
-def test_cfbi_propagate_video_chunks_and_ids(tmp_path):
+def test_cfbi_propagation_calls_chunks_and_ids(tmp_path):
+    """A video's propagation as the executors run it: the plan's calls, then one table."""
     video = _video(tmp_path, 3)
     prop = _propagator()
-    table = propagate_video(prop, video, [_candidates(0, 3), _candidates(2, 3)], candidates_per_call=2)
+    pooled = [_candidates(0, 3), _candidates(2, 3)]
+    calls = pl.propagation_plan([len(c) for c in pooled], 2)
+    table = pl.concat_tracklets([pl.propagate_call(prop, video, pooled[x.keyframe_index], x)[0] for x in calls])
     assert sorted(set(table["tracklet_id"].to_pylist())) == list(range(6))
     assert table.num_rows == 6 * 3
     assert prop.backbone_forward_passes == 4 * 3  # 2 keyframes x 2 calls, T frames each

@@ -10,7 +10,7 @@ from PIL import Image
 
 from rvos_ray import masks
 from rvos_ray.registry import ConfigError
-from rvos_ray.stages.propagate import build_propagator
+from rvos_ray.runtime.stage_adapters import build_propagator
 from rvos_ray.types import TRACKLET_SCHEMA, Candidates, Video, validate
 
 torch.set_num_threads(1)

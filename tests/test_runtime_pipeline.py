@@ -65,8 +65,7 @@ def test_pooling_concatenates_models_in_order():
     assert counts == [3, 1]
     assert pooled[0].sources == ("htc", "htc", "ci")
     assert ev["stage"] == "pooling" and ev["end"] >= ev["start"]
-    with pytest.raises(RuntimeError, match="expected keyframes"):
-        pool_call(v, [1, 5], per_model)
+    # (each segment call's frames are checked by the segmenter: test_segment_pooling.py)
 
 
 def _tracklets(rows):

@@ -31,11 +31,11 @@ def test_paper_yaml_lists_htc_and_condinst_with_valid_options():
 
 
 def test_tiny_yaml_segmentation_builds():
-    from rvos_ray.stages.segment import build_segmenters
+    from rvos_ray.runtime.stage_adapters import build_segmenter
 
     cfg = load_config("configs/tiny.yaml")
-    pooled = build_segmenters(cfg.segmentation)
-    assert [s.name for s in pooled.segmenters] == [m.name for m in cfg.segmentation.models]
+    built = [build_segmenter(m, f"segmentation.models[{i}]") for i, m in enumerate(cfg.segmentation.models)]
+    assert [s.name for s in built] == [m.name for m in cfg.segmentation.models]
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Pooling several segmenters per keyframe (paper: HTC + CondInst) and score calibration."""
+"""Pooling several segmenters per keyframe (paper: HTC + CondInst) and score calibration, as
+the executors run them: one calibrated segmenter per model, then the pooling step."""
 
 import math
 
@@ -7,7 +8,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from rvos_ray.registry import ConfigError
-from rvos_ray.stages.segment import PooledSegmenter, ScoreCalibration, build_segmenters, make_candidates
+from rvos_ray.runtime import pipeline as pl
+from rvos_ray.runtime.stage_adapters import build_segmenter
+from rvos_ray.stages.segment import ScoreCalibration, make_candidates
+from rvos_ray.types import Video
 
 from test_segment_mmdet import write_video  # noqa: E402  (same test folder)
 
@@ -56,13 +60,18 @@ def video(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("frames") / "vid0", [(96, 128)] * 3)
 
 
+def _build(section):
+    return [build_segmenter(m, f"segmentation.models[{i}]") for i, m in enumerate(section.models)]
+
+
 def test_two_model_pooling_keeps_both_sets(video):
     pytest.importorskip("mmdet")
-    pooled = build_segmenters(tiny_section(calibration={"slope": 1.0, "bias": 2.0}))
-    assert pooled.name == "htc+condinst"
+    segs = _build(tiny_section(calibration={"slope": 1.0, "bias": 2.0}))
+    assert [s.name for s in segs] == ["htc", "condinst"]
     frames = [2, 0]
-    pooled_out = pooled.segment(video, frames)
-    htc, condinst = pooled.segmenters
+    per_model = [[pl.segment_call(s, s.name, video, frames)[0]] for s in segs]
+    pooled_out, counts, _ = pl.pool_call(video, frames, per_model)
+    htc, condinst = (s.segmenter for s in segs)
     for c, h, k in zip(pooled_out, htc.segment(video, frames), condinst.segment(video, frames)):
         assert c.frame == h.frame == k.frame
         assert c.sources == ("htc",) * len(h) + ("condinst",) * len(k)
@@ -71,14 +80,30 @@ def test_two_model_pooling_keeps_both_sets(video):
         assert c.scores[: len(h)] == pytest.approx(ScoreCalibration(1.0, 2.0)(h.scores))
         assert c.scores[len(h):] == k.scores
         assert len(h) > 0 and len(k) > 0
+    assert counts == [len(c) for c in pooled_out]
 
 
-def test_pool_config_errors():
-    with pytest.raises(ConfigError, match="models"):
-        build_segmenters(OmegaConf.create({"models": []}))
+def test_segmentation_config_errors(tmp_path):
+    from rvos_ray.config import load_config
+
     with pytest.raises(ConfigError, match=r"models\[0\].*backend"):
-        build_segmenters(OmegaConf.create({"models": [{"name": "a"}]}))
+        _build(OmegaConf.create({"models": [{"name": "a"}]}))
     with pytest.raises(ConfigError, match="calibration.*slpoe"):
-        build_segmenters(tiny_section(calibration={"slpoe": 1.0}))
-    with pytest.raises(ConfigError, match="unique"):
-        PooledSegmenter([type("S", (), {"name": "a"})(), type("S", (), {"name": "a"})()])
+        _build(tiny_section(calibration={"slpoe": 1.0}))
+    cfg = load_config("configs/tiny.yaml", [f"data.root={tmp_path}", "segmentation.models=[]"])
+    with pytest.raises(ConfigError, match="segmentation.models: empty"):
+        pl.load_split(cfg)
+
+
+def test_a_model_returning_other_frames_is_an_error(video):
+    class Wrong:
+        name = "wrong"
+
+        def segment(self, v: Video, frames):
+            return [make_candidates(v.video_id, f + 1, 96, 128, np.zeros((0, 96, 128), bool), np.zeros(0),
+                                    np.zeros(0), "wrong", 0.0, 1) for f in frames]
+
+    from rvos_ray.stages.segment import CalibratedSegmenter
+
+    with pytest.raises(RuntimeError, match=r"'wrong' returned frames \[1\] for requested \[0\]"):
+        CalibratedSegmenter(Wrong()).segment(video, [0])

@@ -2,12 +2,9 @@
 
 Pure stage logic, no Ray and no model imports. A propagation backend (see
 :class:`rvos_ray.stages.protocols.Propagator`) turns one chunk of a keyframe's candidates into
-a tracklet table; this module
+a tracklet table (the runtime plans the chunks and numbers the tracklets:
+:func:`rvos_ray.runtime.pipeline.propagation_plan`); this module
 
-* numbers tracklets (:func:`assign_tracklet_ids`): unique per video, in keyframe order then
-  candidate order, so a re-run gives the same ids;
-* splits a keyframe's candidates into chunks of ``propagation.candidates_per_call``
-  (:func:`chunk_candidates`), the unit the runtime fans out across workers;
 * fixes the frame order every backend follows (:func:`frame_order`: forward from the keyframe to
   the last frame, then backward to the first, both starting from the keyframe);
 * turns per-frame probability maps into masks and the propagation probability
@@ -23,14 +20,13 @@ the candidate mask is empty).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from rvos_ray import masks as rle
-from rvos_ray.types import TRACKLET_SCHEMA, Candidates, SchemaError, Video, table_from_columns, validate
+from rvos_ray.types import TRACKLET_SCHEMA, Candidates, SchemaError, Video, table_from_columns
 
 
 def frame_order(num_frames: int, keyframe: int) -> tuple[list[int], list[int]]:
@@ -38,44 +34,6 @@ def frame_order(num_frames: int, keyframe: int) -> tuple[list[int], list[int]]:
     if not 0 <= keyframe < num_frames:
         raise ValueError(f"keyframe {keyframe} outside a video of {num_frames} frames")
     return list(range(keyframe + 1, num_frames)), list(range(keyframe - 1, -1, -1))
-
-
-def assign_tracklet_ids(candidates: Sequence[Candidates], first_id: int = 0) -> list[list[int]]:
-    """Tracklet ids for every candidate of every keyframe: consecutive from ``first_id``."""
-    ids, nxt = [], first_id
-    for c in candidates:
-        ids.append(list(range(nxt, nxt + len(c))))
-        nxt += len(c)
-    return ids
-
-
-def subset(candidates: Candidates, indices: Sequence[int]) -> Candidates:
-    """The candidates at ``indices`` (same keyframe)."""
-    return Candidates(
-        video_id=candidates.video_id,
-        frame=candidates.frame,
-        height=candidates.height,
-        width=candidates.width,
-        rles=tuple(candidates.rles[i] for i in indices),
-        scores=tuple(candidates.scores[i] for i in indices),
-        labels=tuple(candidates.labels[i] for i in indices),
-        sources=tuple(candidates.sources[i] for i in indices),
-    )
-
-
-def chunk_candidates(
-    candidates: Candidates, tracklet_ids: Sequence[int], size: int
-) -> list[tuple[Candidates, list[int]]]:
-    """Split one keyframe's candidates into propagation calls of at most ``size`` candidates."""
-    if size < 1:
-        raise ValueError(f"propagation.candidates_per_call must be >= 1, got {size}")
-    if len(tracklet_ids) != len(candidates):
-        raise ValueError(f"{len(candidates)} candidates but {len(tracklet_ids)} tracklet ids")
-    out = []
-    for start in range(0, len(candidates), size):
-        idx = list(range(start, min(start + size, len(candidates))))
-        out.append((subset(candidates, idx), [int(tracklet_ids[i]) for i in idx]))
-    return out
 
 
 def masks_and_probabilities(prob: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, list[float]]:
@@ -141,37 +99,6 @@ class TrackletBuilder:
 
 def empty_tracklets() -> pa.Table:
     return TRACKLET_SCHEMA.empty_table()
-
-
-def concat_tracklets(tables: Sequence[pa.Table]) -> pa.Table:
-    """Concatenate tracklet tables (validated; dictionary columns unified)."""
-    tables = [validate(t, TRACKLET_SCHEMA, "tracklet table") for t in tables]
-    if not tables:
-        return empty_tracklets()
-    return pa.concat_tables(tables).unify_dictionaries().combine_chunks()
-
-
-def build_propagator(section: Mapping[str, Any]):
-    """The propagation backend of the config's ``propagation`` section: ``backend`` names it in
-    :data:`rvos_ray.registry.PROPAGATORS`, ``options`` are its typed ``Options``."""
-    from rvos_ray.registry import PROPAGATORS
-
-    name = section.get("backend", "cfbi")
-    return PROPAGATORS.build(name, section.get("options") or {}, f"propagation.options ({name})")
-
-
-def propagate_video(
-    propagator, video: Video, candidates: Sequence[Candidates], candidates_per_call: int, first_id: int = 0
-) -> pa.Table:
-    """In-process propagation of every keyframe's candidates (the runtime fans the same chunks
-    out across workers instead). Returns one tracklet table for the video."""
-    tables = []
-    for cands, ids in zip(candidates, assign_tracklet_ids(candidates, first_id)):
-        if cands.video_id != video.video_id:
-            raise ValueError(f"candidates of {cands.video_id!r} given with video {video.video_id!r}")
-        for chunk, chunk_ids in chunk_candidates(cands, ids, candidates_per_call):
-            tables.append(propagator.propagate(video, chunk, chunk_ids))
-    return concat_tracklets(tables)
 
 
 def keyframe_rows(candidates: Candidates) -> tuple[list[bytes], list[float]]:

@@ -1,9 +1,10 @@
 """Keyframe instance segmentation: several segmenters pooled per keyframe (paper Eq. 1).
 
-The paper pools the proposals of HTC and CondInst on every keyframe. :class:`PooledSegmenter`
-runs each configured model on the same keyframes and concatenates their candidates per
-frame (``Candidates.concat``), each candidate keeping its source model's name. Models are
-built from ``segmentation.models`` entries through :data:`rvos_ray.registry.SEGMENTERS`:
+The paper pools the proposals of HTC and CondInst on every keyframe: the runtime runs each
+configured model (a :class:`CalibratedSegmenter`) on the same keyframes and its pooling step
+concatenates their candidates per frame (``Candidates.concat``), each candidate keeping its
+source model's name. Models are built from ``segmentation.models`` entries through
+:data:`rvos_ray.registry.SEGMENTERS`:
 
 .. code-block:: yaml
 
@@ -39,10 +40,9 @@ from rvos_ray.stages.protocols import Segmenter
 from rvos_ray.types import Candidates, Video
 
 __all__ = [
+    "CalibratedSegmenter",
     "ScoreCalibration",
-    "PooledSegmenter",
     "build_segmenter",
-    "build_segmenters",
     "read_frames",
     "make_candidates",
 ]
@@ -75,50 +75,32 @@ class ScoreCalibration:
         return tuple(float(v) for v in 1.0 / (1.0 + np.exp(-z)))
 
 
-class PooledSegmenter:
-    """Runs several segmenters on the same keyframes and pools their candidates per frame.
+class CalibratedSegmenter:
+    """One ``segmentation.models`` entry as the runtime runs it: the model on a batch of
+    keyframes, checked to return exactly those frames, then its score calibration (if any).
+    Pooling the models' candidates per keyframe is the runtime's pooling step
+    (:func:`rvos_ray.runtime.pipeline.pool_call`)."""
 
-    ``segment(video, frames)`` returns one :class:`Candidates` per requested frame, in the
-    order of ``frames``, with every model's candidates concatenated in model order.
-    """
-
-    def __init__(
-        self,
-        segmenters: Sequence[Segmenter],
-        calibrations: Sequence[ScoreCalibration | None] | None = None,
-    ) -> None:
-        if not segmenters:
-            raise ConfigError("segmentation.models: at least one model is needed")
-        names = [s.name for s in segmenters]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ConfigError(f"segmentation.models: source names must be unique, repeated: {dup}")
-        calibrations = list(calibrations) if calibrations is not None else [None] * len(segmenters)
-        if len(calibrations) != len(segmenters):
-            raise ValueError(f"{len(segmenters)} segmenters but {len(calibrations)} calibrations")
-        self.segmenters = list(segmenters)
-        self.calibrations = calibrations
-        self.name = "+".join(names)
+    def __init__(self, segmenter: Segmenter, calibration: ScoreCalibration | None = None) -> None:
+        self.segmenter = segmenter
+        self.calibration = calibration
+        self.name = segmenter.name
 
     def segment(self, video: Video, frames: Sequence[int]) -> list[Candidates]:
         frames = [int(f) for f in frames]
-        per_model: list[list[Candidates]] = []
-        for seg, cal in zip(self.segmenters, self.calibrations):
-            out = seg.segment(video, frames)
-            got = [c.frame for c in out]
-            if got != frames:
-                raise RuntimeError(
-                    f"segmenter {seg.name!r} returned frames {got} for requested {frames} "
-                    f"of video {video.video_id!r}"
-                )
-            if cal is not None and not cal.is_identity():
-                out = [dataclasses.replace(c, scores=cal(c.scores)) for c in out]
-            per_model.append(out)
-        return [Candidates.concat([m[i] for m in per_model]) for i in range(len(frames))]
+        out = self.segmenter.segment(video, frames)
+        got = [c.frame for c in out]
+        if got != frames:
+            raise RuntimeError(f"segmenter {self.name!r} returned frames {got} for requested {frames} "
+                               f"of video {video.video_id!r}")
+        cal = self.calibration
+        if cal is not None and not cal.is_identity():
+            out = [dataclasses.replace(c, scores=cal(c.scores)) for c in out]
+        return list(out)
 
 
-def build_segmenter(entry: Mapping[str, Any], where: str) -> tuple[Segmenter, ScoreCalibration | None]:
-    """One segmenter (and its optional calibration) from a ``segmentation.models`` entry."""
+def build_segmenter(entry: Mapping[str, Any], where: str) -> CalibratedSegmenter:
+    """One segmenter with its optional calibration from a ``segmentation.models`` entry."""
     entry = dict(entry)
     for key in ("name", "backend"):
         if not entry.get(key):
@@ -130,17 +112,7 @@ def build_segmenter(entry: Mapping[str, Any], where: str) -> tuple[Segmenter, Sc
     )
     # The registry validates every remaining key against the backend's Options dataclass;
     # the source name travels as the constructor argument ``source`` (the registry strips ``name``).
-    segmenter = SEGMENTERS.build(backend, entry, where, source=name)
-    return segmenter, calibration
-
-
-def build_segmenters(section: Any, where: str = "segmentation") -> PooledSegmenter:
-    """The pooled segmenter of a config's ``segmentation`` section (``cfg.segmentation``)."""
-    models = section.get("models") if isinstance(section, Mapping) else getattr(section, "models", None)
-    if not models:
-        raise ConfigError(f"{where}.models: empty; list at least one model (name, backend, options)")
-    built = [build_segmenter(entry, f"{where}.models[{i}]") for i, entry in enumerate(models)]
-    return PooledSegmenter([s for s, _ in built], [c for _, c in built])
+    return CalibratedSegmenter(SEGMENTERS.build(backend, entry, where, source=name), calibration)
 
 
 # --------------------------------------------------------------------------------------------
