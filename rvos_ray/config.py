@@ -21,16 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rvos_ray.registry import ConfigError
 from rvos_ray.types import Resources
 
-__all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config", "to_yaml", "resources_of"]
-
-
-@dataclass
-class ResourcesConfig:
-    num_cpus: float = 1.0  # CPUs reserved by each worker of the stage
-    num_gpus: float = 0.0  # GPUs per worker (fractions share a GPU)
-    replicas: int = 1  # actor pool size
-    batch_size: int = 1  # items per model call (keyframes, frames, candidates)
-    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources, e.g. {seg: 1}
+__all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config", "to_yaml"]
 
 
 @dataclass
@@ -77,7 +68,7 @@ class KeyframesConfig:
 class SegmentationConfig:
     # each entry: {name: ..., backend: mmdet|mask2former, <that backend's options>}
     models: list[Any] = field(default_factory=list)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    resources: Resources = field(default_factory=Resources)
 
 
 @dataclass
@@ -85,7 +76,7 @@ class PropagationConfig:
     backend: str = "cfbi"  # cfbi | sam2
     options: dict[str, Any] = field(default_factory=dict)  # the backend's typed options
     candidates_per_call: int = 8  # chunk of candidates one propagation call handles
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    resources: Resources = field(default_factory=Resources)
 
 
 @dataclass
@@ -93,7 +84,7 @@ class NMSConfig:
     iou_threshold: float = 0.5  # tracklet-IoU above which the lower-scored tracklet is removed
     max_tracklets: int = 10  # P: tracklets kept per video (paper: 10)
     min_score: float = 0.0  # tracklets scoring below are dropped before NMS
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    resources: Resources = field(default_factory=Resources)
 
 
 @dataclass
@@ -104,7 +95,7 @@ class GroundingConfig:
     # transformer: the grounder head (Eq. 6) | similarity: cosine of pooled visual and mean word
     # features (the paper's naive ablation baseline, rvos_ray/stages/naive_ground.py)
     method: str = "transformer"
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    resources: Resources = field(default_factory=Resources)
 
 
 @dataclass
@@ -237,14 +228,3 @@ def apply_overrides(cfg: DictConfig, items: Sequence[str] | None) -> None:
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def resources_of(section: Any) -> Resources:
-    r = section.resources
-    return Resources(
-        num_cpus=float(r.num_cpus),
-        num_gpus=float(r.num_gpus),
-        replicas=int(r.replicas),
-        batch_size=int(r.batch_size),
-        custom={str(k): float(v) for k, v in r.custom.items()},
-    )

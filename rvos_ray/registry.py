@@ -85,15 +85,15 @@ PROPAGATORS = Registry("propagator")
 VISUAL_ENCODERS = Registry("visual encoder")
 TEXT_ENCODERS = Registry("text encoder")
 
-# --- segmentation backends (issue: keyframe instance segmentation) --------------------------
+# --- segmentation backends (keyframe instance segmentation) --------------------------------
 SEGMENTERS.register("mmdet", "rvos_ray.backends.segment_mmdet:MMDetSegmenter")
 SEGMENTERS.register("mask2former", "rvos_ray.backends.segment_mask2former:Mask2FormerSegmenter")
 
-# --- propagation backends (issue: tracklets) ------------------------------------------------
+# --- propagation backends (keyframe candidates -> tracklets) --------------------------------
 PROPAGATORS.register("cfbi", "rvos_ray.backends.propagate_cfbi:CFBIPropagator")
 PROPAGATORS.register("sam2", "rvos_ray.backends.propagate_sam2:Sam2Propagator")
 PROPAGATORS.register("none", "rvos_ray.backends.propagate_none:KeyframeOnlyPropagator")  # ablation baseline
 
-# --- encoders (issue: grounding) -------------------------------------------------------------
+# --- encoders (grounding) -------------------------------------------------------------------
 VISUAL_ENCODERS.register("timm", "rvos_ray.models.encoders:TimmVisualEncoder")
 TEXT_ENCODERS.register("hf", "rvos_ray.models.encoders:HFTextEncoder")

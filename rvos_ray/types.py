@@ -10,6 +10,7 @@ Masks travel and rest as COCO RLE: ``counts`` bytes plus the frame's height and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +30,7 @@ class Video:
     """One video of a split: its frames, by name and by path or URI (local or pyarrow.fs).
 
     Frames are never held here; a stage that needs pixels reads them itself
-    (:func:`rvos_ray.data.frames.read_frame`), so a Video is cheap to ship to any worker.
+    (:func:`rvos_ray.data.io.read_image`), so a Video is cheap to ship to any worker.
     """
 
     video_id: str
@@ -133,15 +134,26 @@ class Failure:
     traceback: str = ""  # where it was raised (the worker's traceback under Ray)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Resources:
-    """Resources of one stage's workers (validated in :mod:`rvos_ray.config`)."""
+    """Resources of one stage's workers: the ``resources`` key of a stage's config section
+    (this dataclass is also its schema in :mod:`rvos_ray.config`)."""
 
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    replicas: int = 1
-    batch_size: int = 1
-    custom: dict[str, float] = field(default_factory=dict)
+    num_cpus: float = 1.0  # CPUs reserved by each worker of the stage
+    num_gpus: float = 0.0  # GPUs per worker (fractions share a GPU)
+    replicas: int = 1  # actor pool size
+    batch_size: int = 1  # items per model call (keyframes, frames, candidates)
+    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources, e.g. {seg: 1}
+
+    @classmethod
+    def of(cls, section: Any) -> Resources:
+        """The ``resources`` of a stage's config section (a dict or a DictConfig; absent keys
+        take these defaults, which are also the config schema's)."""
+        r = section.get("resources") or {}
+        d = cls()
+        return cls(num_cpus=float(r.get("num_cpus", d.num_cpus)), num_gpus=float(r.get("num_gpus", d.num_gpus)),
+                   replicas=int(r.get("replicas", d.replicas)), batch_size=int(r.get("batch_size", d.batch_size)),
+                   custom={str(k): float(v) for k, v in (r.get("custom") or {}).items()})
 
 
 # --------------------------------------------------------------------------------------------

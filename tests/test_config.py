@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from rvos_ray.config import ConfigError, load_config, resources_of
+from rvos_ray.config import ConfigError, load_config
+from rvos_ray.types import Resources
 from rvos_ray.registry import Registry, RegistryError, parse_options
 
 
@@ -12,7 +13,7 @@ def test_defaults_and_overrides(tmp_path):
     p.write_text("data:\n  root: /x\nnms:\n  max_tracklets: 5\n")
     cfg = load_config(p, ["keyframes.k=3", "nms.resources.custom={seg: 1}"])
     assert cfg.data.root == "/x" and cfg.nms.max_tracklets == 5 and cfg.keyframes.k == 3
-    assert resources_of(cfg.nms).custom == {"seg": 1.0}
+    assert Resources.of(cfg.nms).custom == {"seg": 1.0}
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

@@ -82,7 +82,7 @@ def _build_demo_models(cfg) -> dict:
     built = {"segmenter": adapters.build_segmenter(c["segmentation"]["models"][0], "segmentation.models[0]"),
              "propagator": adapters.build_propagator(c["propagation"])}
     for v in c["grounding"]["variants"]:
-        built[v["name"]] = adapters.build_grounder(v["name"], c["grounding"])
+        built[v["name"]] = adapters.build_grounder([v["name"]], c["grounding"], int(c["run"]["seed"]))
     return built
 
 

@@ -67,6 +67,23 @@ def test_a_run_writes_every_output(clean_run):
         assert 0 < rec["kept"] <= min(rec["tracklets"], 10)
 
 
+def test_each_shared_encoder_runs_once_per_frame_and_per_expression(clean_run, data):
+    """tiny.yaml's two variants share one visual and one text encoder (one grounding stage holds
+    both): the split's frames went through the visual encoder once, its expressions through the
+    text encoder once."""
+    from rvos_ray.data.datasets import open_dataset
+
+    run, s = clean_run
+    reader = open_dataset(str(data), "valid", "refytvos")
+    ids = reader.video_ids()
+    frames = sum(reader.video(v).num_frames for v in ids)
+    expressions = sum(len(reader.expressions(v)) for v in ids)
+    passes = json.loads((run / "summary.json").read_text())["encoder_passes"]
+    assert list(passes["visual"].values()) == [frames]
+    assert list(passes["text"].values()) == [expressions]
+    assert s["encoder_passes"] == passes
+
+
 def test_rerun_skips_finished_videos_with_identical_results(clean_run, data, stages, tmp_path):
     run, _ = clean_run
     again = copy_data(run, tmp_path / "again")

@@ -16,6 +16,7 @@ from rvos_ray.runtime import pipeline as pl
 from rvos_ray.runtime import resume
 from rvos_ray.runtime import stage_adapters as adapters
 from rvos_ray.runtime.run_dir import RunDir
+from rvos_ray.seeding import seeded
 from rvos_ray.telemetry import metrics as telemetry
 from rvos_ray.telemetry.progress import StageRates
 
@@ -23,21 +24,20 @@ log = logging.getLogger(__name__)
 
 
 class LocalStages:
-    """Every model of the run, built once: segmenters per model, one propagator, grounders per
-    variant (the Ray executor builds the same, one per actor)."""
+    """Every model of the run, built once: segmenters per model, one propagator, a grounding
+    stage per group of variants sharing an encoder (the Ray executor builds the same, one per
+    actor)."""
 
     def __init__(self, cfg: DictConfig) -> None:
         c = OmegaConf.to_container(cfg, resolve=True)
         seed = int(c["run"]["seed"])
         self.segmenters = [
-            (str(m["name"]), adapters.seeded(seed, lambda m=m, i=i: adapters.build_segmenter(m, f"segmentation.models[{i}]")))
+            (str(m["name"]), seeded(seed, lambda m=m, i=i: adapters.build_segmenter(m, f"segmentation.models[{i}]")))
             for i, m in enumerate(c["segmentation"]["models"])
         ]
-        self.propagator = adapters.seeded(seed, lambda: adapters.build_propagator(c["propagation"]))
-        self.grounders = [
-            (str(v["name"]), adapters.seeded(seed, lambda v=v: adapters.build_grounder(str(v["name"]), c["grounding"])))
-            for v in c["grounding"]["variants"]
-        ]
+        self.propagator = seeded(seed, lambda: adapters.build_propagator(c["propagation"]))
+        self.grounders = [(adapters.group_name(g), adapters.build_grounder(g, c["grounding"], seed))
+                          for g in adapters.grounder_groups(c["grounding"])]
         self.cfg = c
 
 

@@ -149,6 +149,8 @@ class Split:
 def load_split(cfg: Any) -> Split:
     """The videos of ``cfg.data`` (after ``data.videos``: None = all, a count, or ids). A video
     whose input is broken does not stop the others (``data.strict``: it does, by raising)."""
+    if not cfg.segmentation.models:
+        raise ConfigError("segmentation.models: empty; list at least one model (name, backend, options)")
     reader = adapters.open_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split)
     ids = reader.video_ids()
     sel = cfg.data.videos
@@ -204,12 +206,9 @@ def pool_call(video: Video, keyframes: Sequence[int], per_model: Sequence[Sequen
     CondInst proposals). ``per_model[m]`` is model m's list of batch results."""
 
     def run() -> tuple[list[Candidates], list[int]]:
+        # each segment call returned the frames of its batch (checked by the segmenter), so a
+        # model's batches in order are the keyframes in order
         flat = [[c for batch in model for c in batch] for model in per_model]
-        for m in flat:
-            got = [c.frame for c in m]
-            if got != list(keyframes):
-                raise RuntimeError(f"video {video.video_id!r}: segmenter returned frames {got}, "
-                                   f"expected keyframes {list(keyframes)}")
         pooled = [Candidates.concat([m[i] for m in flat]) for i in range(len(keyframes))]
         return pooled, [len(c) for c in pooled]
 
@@ -276,10 +275,31 @@ def nms_call(nms_cfg: Mapping[str, Any], video: Video, tables: Sequence[pa.Table
     return every, kept, ev
 
 
-def ground_call(grounder: Any, variant: str, work: VideoWork, tracklets: pa.Table) -> tuple[pa.Table, Event]:
-    """One grounder variant over every expression of the video (frames read by the grounder)."""
-    return timed("grounding", work.video_id, variant,
-                 lambda: adapters.ground(grounder, work.video, work.expressions, tracklets), variant=variant)
+def ground_call(grounder: Any, group: str, work: VideoWork, tracklets: pa.Table) -> tuple[pa.Table, Event]:
+    """One grounding stage (a group of variants sharing encoders) over every expression of the
+    video (frames read by the stage). The event's ``encoders`` are the encoder passes the call
+    made: ``{"visual": {encoder: frames}, "text": {encoder: expressions}}``."""
+    before = encoder_passes(grounder)
+    table, ev = timed("grounding", work.video_id, group,
+                      lambda: adapters.ground(grounder, work.video, work.expressions, tracklets), variant=group)
+    ev["encoders"] = add_passes(encoder_passes(grounder), before, sign=-1)
+    return table, ev
+
+
+def encoder_passes(grounder: Any) -> dict[str, dict[str, int]]:
+    """The encoder work a grounding stage has done since it was built (see its ``counts``)."""
+    c = grounder.counts
+    return {"visual": dict(c.visual_frames), "text": dict(c.text_expressions)}
+
+
+def add_passes(a: Mapping[str, Mapping[str, int]], b: Mapping[str, Mapping[str, int]], sign: int = 1
+               ) -> dict[str, dict[str, int]]:
+    """``a + sign * b`` per kind and encoder, leaving out encoders with no passes."""
+    out: dict[str, dict[str, int]] = {}
+    for kind in ("visual", "text"):
+        x, y = a.get(kind, {}), b.get(kind, {})
+        out[kind] = {k: n for k in sorted({*x, *y}) if (n := int(x.get(k, 0)) + sign * int(y.get(k, 0)))}
+    return out
 
 
 def ensemble_call(ens_cfg: Mapping[str, Any], work: VideoWork, grounding: Sequence[pa.Table]
@@ -377,7 +397,8 @@ def finish_video(run_uri: str, cfg: Mapping[str, Any], work: VideoWork, every: p
         scored = score_video(cfg, work, kept, prediction) if cfg["run"]["score"] else None
         record: dict[str, Any] = {
             "expressions": len(work.expressions), "frames": work.video.num_frames, "pngs": pngs,
-            "tracklets": _num_tracklets(every), "kept": _num_tracklets(kept)}
+            "tracklets": _num_tracklets(every), "kept": _num_tracklets(kept),
+            "encoder_passes": _sum_passes(events)}
         if scored is not None:
             rd.write_table(vid, "metrics", scored[0])
             record["annotated_frames"] = scored[1]
@@ -392,6 +413,14 @@ def finish_video(run_uri: str, cfg: Mapping[str, Any], work: VideoWork, every: p
     record["stage_seconds"] = per_stage
     rd.mark_done(work.video_id, record)
     return record
+
+
+def _sum_passes(events: Sequence[Event]) -> dict[str, dict[str, int]]:
+    total: dict[str, dict[str, int]] = {"visual": {}, "text": {}}
+    for e in events:
+        if "encoders" in e:
+            total = add_passes(total, e["encoders"])
+    return total
 
 
 def _num_tracklets(t: pa.Table) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from rvos_ray.runtime.stage_adapters import group_name, grounder_groups
 from rvos_ray.types import Resources
 
 
@@ -73,23 +74,17 @@ class NodeResources:
         return f"node {self.address} ({self.node_id[:8]}): {have or 'no resources'}"
 
 
-def _resources(section: Mapping) -> Resources:
-    r = section["resources"]
-    return Resources(float(r["num_cpus"]), float(r["num_gpus"]), int(r["replicas"]), int(r["batch_size"]),
-                     {str(k): float(v) for k, v in r["custom"].items()})
-
-
 def requests_of(c: Mapping) -> list[ActorRequest]:
     """Every actor replica a run of the config ``c`` (a plain dict) needs, plus one slot for
     its CPU tasks (pooling, NMS, ensemble, writer), which ask for the ``nms`` section's."""
     out = []
-    seg, prop, gnd = (_resources(c[s]) for s in ("segmentation", "propagation", "grounding"))
+    seg, prop, gnd = (Resources.of(c[s]) for s in ("segmentation", "propagation", "grounding"))
     for m in c["segmentation"]["models"]:
         out += [ActorRequest.of("segmentation", str(m["name"]), seg)] * seg.replicas
     out += [ActorRequest.of("propagation", "propagator", prop)] * prop.replicas
-    for v in c["grounding"]["variants"]:
-        out += [ActorRequest.of("grounding", str(v["name"]), gnd)] * gnd.replicas
-    out.append(ActorRequest.of("tasks", "nms/ensemble/writer", _resources(c["nms"])))
+    for group in grounder_groups(c["grounding"]):
+        out += [ActorRequest.of("grounding", group_name(group), gnd)] * gnd.replicas
+    out.append(ActorRequest.of("tasks", "nms/ensemble/writer", Resources.of(c["nms"])))
     return out
 
 

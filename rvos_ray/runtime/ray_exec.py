@@ -54,6 +54,7 @@ from rvos_ray.runtime.placement import (
     requests_of,
 )
 from rvos_ray.runtime.run_dir import RunDir
+from rvos_ray.seeding import seeded
 from rvos_ray.telemetry import metrics as telemetry
 from rvos_ray.telemetry.progress import StageRates
 from rvos_ray.types import Failure, Resources
@@ -145,7 +146,7 @@ class _ModelActor:
         if self.model is None and self.error is None:
             _limit_threads(self._num_cpus)
             try:
-                self.model = adapters.seeded(self._seed, self._make)
+                self.model = seeded(self._seed, self._make)
             except Exception as e:  # kept: re-raised by every call
                 self.error = e
         if self.error is not None:
@@ -180,11 +181,12 @@ class PropagatorActor(_ModelActor):
 
 @ray.remote
 class GrounderActor(_ModelActor):
-    """One grounder variant (visual + text encoder + transformer) over a video's tracklets."""
+    """One group of grounder variants (those sharing an encoder: each shared encoder runs once
+    per frame / expression for all of them) over a video's tracklets."""
 
-    def __init__(self, variant: str, grounding: dict, num_cpus: float, seed: int) -> None:
-        super().__init__(lambda: adapters.build_grounder(variant, grounding), num_cpus, seed)
-        self.name = variant
+    def __init__(self, variants: tuple[str, ...], grounding: dict, num_cpus: float, seed: int) -> None:
+        super().__init__(lambda: adapters.build_grounder(variants, grounding, seed), num_cpus, seed)
+        self.name = adapters.group_name(variants)
 
     @ray.method(num_returns=2)
     def ground(self, work, tracklets):
@@ -315,11 +317,6 @@ class RayExecutor:
 
     # ---- actors ---------------------------------------------------------------------------
 
-    def _res(self, stage: str) -> Resources:
-        r = self.c[stage]["resources"]
-        return Resources(float(r["num_cpus"]), float(r["num_gpus"]), int(r["replicas"]),
-                         int(r["batch_size"]), {str(k): float(v) for k, v in r["custom"].items()})
-
     def _actor_opts(self, res: Resources) -> dict[str, Any]:
         return {
             "num_cpus": res.num_cpus,
@@ -344,7 +341,7 @@ class RayExecutor:
         nodes = NodeResources.from_ray_nodes(ray.nodes())
         if not self.c["ray"]["autoscaling"]:
             check_feasible(reqs, nodes)
-        seg, prop, gnd = self._res("segmentation"), self._res("propagation"), self._res("grounding")
+        seg, prop, gnd = (Resources.of(self.c[s]) for s in ("segmentation", "propagation", "grounding"))
         seed = int(self.c["run"]["seed"])
         for i, m in enumerate(self.c["segmentation"]["models"]):
             self.segmenters[str(m["name"])] = [
@@ -356,10 +353,9 @@ class RayExecutor:
             PropagatorActor.options(**self._actor_opts(prop)).remote(self.c["propagation"], prop.num_cpus, seed)
             for _ in range(prop.replicas)
         ]
-        for v in self.c["grounding"]["variants"]:
-            self.grounders[str(v["name"])] = [
-                GrounderActor.options(**self._actor_opts(gnd)).remote(
-                    str(v["name"]), self.c["grounding"], gnd.num_cpus, seed)
+        for group in adapters.grounder_groups(self.c["grounding"]):
+            self.grounders[adapters.group_name(group)] = [
+                GrounderActor.options(**self._actor_opts(gnd)).remote(group, self.c["grounding"], gnd.num_cpus, seed)
                 for _ in range(gnd.replicas)
             ]
         named = [("segmentation", n, a) for n, acts in self.segmenters.items() for a in acts]
@@ -393,7 +389,7 @@ class RayExecutor:
     # ---- per-video graph -------------------------------------------------------------------
 
     def _cpu_opts(self) -> dict[str, Any]:
-        r = self._res("nms")
+        r = Resources.of(self.c["nms"])
         return {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "resources": dict(r.custom),
                 "max_retries": int(self.c["ray"]["max_retries"])}
 
@@ -441,7 +437,7 @@ class RayExecutor:
             g, ev = self._next(f"gnd:{name}", actors).ground.remote(v.work_ref, kept)
             grounding.append(g)
             v.events.append(ev)
-            track[ev] = _Call(v, "grounding", f"variant {name}", asks=f"a {name!r} grounder actor")
+            track[ev] = _Call(v, "grounding", f"variants {name}", asks=f"a {name!r} grounder actor")
         g_all, pred, ev = ensemble_task.options(num_returns=3, **self._cpu_opts()).remote(
             c["ensemble"], v.work_ref, *grounding)
         v.events.append(ev)

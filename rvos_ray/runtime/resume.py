@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from rvos_ray.data import io as fio
 from rvos_ray.runtime import stage_adapters as adapters
-from rvos_ray.runtime.pipeline import Split, VideoWork
+from rvos_ray.runtime.pipeline import Split, VideoWork, add_passes
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.types import Failure
 
@@ -114,9 +114,11 @@ def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan,
     rd.write_run_events(events)
 
     stage_seconds: dict[str, float] = {}
+    passes: dict[str, dict[str, int]] = {"visual": {}, "text": {}}
     for v in out.done:
         for s, sec in out.done[v].get("stage_seconds", {}).items():
             stage_seconds[s] = stage_seconds.get(s, 0.0) + sec
+        passes = add_passes(passes, out.done[v].get("encoder_passes", {}))
     summary: dict[str, Any] = {
         "executor": out.executor,
         "run_dir": rd.uri,
@@ -130,6 +132,9 @@ def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan,
         "wall_seconds": time.time() - out.started,
         "compute_seconds": sum(stage_seconds.values()),
         "stage_seconds": stage_seconds,
+        # frames through each visual encoder, expressions through each text encoder (videos
+        # done in this run): each encoder shared by several variants counts once
+        "encoder_passes": passes,
         "timings": dict(out.timings),
         "nodes": work_per_node(events),
         "failures": [{"video_id": f.video_id, "stage": f.stage, "error": f.error, "message": f.message,

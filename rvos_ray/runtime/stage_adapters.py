@@ -7,7 +7,7 @@ Every import is lazy: building an actor imports only what that actor needs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -40,34 +40,12 @@ def scorer(dataset: str, root: str, split: str, protocol: str, strict: bool) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def seeded(seed: int, build: Callable[[], Any]) -> Any:
-    """``build()`` with every RNG seeded first, so a randomly initialised model (no checkpoint)
-    gets the same weights in every process: the in-process executor, each Ray actor, and an
-    actor rebuilt after a restart."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return build()
-    torch.manual_seed(seed)
-    return build()
-
-
 def build_segmenter(entry: Mapping[str, Any], where: str) -> Any:
-    """One segmentation model (with its score calibration) from a ``segmentation.models``
-    entry, as a one-model pooled segmenter: it checks the returned frames and calibrates, and
-    pooling several of them per keyframe in model order is what the all-model pooled
-    segmenter does."""
-    from rvos_ray.stages.segment import PooledSegmenter
+    """One segmentation model with its score calibration from a ``segmentation.models`` entry
+    (the pooling step pools the models' candidates per keyframe)."""
     from rvos_ray.stages.segment import build_segmenter as build_one
 
-    seg, cal = build_one(entry, where)
-    return PooledSegmenter([seg], [cal])
+    return build_one(entry, where)
 
 
 def build_propagator(section: Mapping[str, Any]) -> Any:
@@ -77,21 +55,36 @@ def build_propagator(section: Mapping[str, Any]) -> Any:
     return PROPAGATORS.build(str(section["backend"]), section.get("options") or {}, "propagation.options")
 
 
-def build_grounder(variant: str, grounding: Mapping[str, Any]) -> Any:
-    """A grounding stage holding the one variant named ``variant`` of the ``grounding`` section
-    (``grounding.method: similarity``: the naive cosine-similarity stage of the ablation)."""
+def build_grounder(variants: Sequence[str], grounding: Mapping[str, Any], seed: int) -> Any:
+    """One grounding stage holding the variants named ``variants`` of the ``grounding`` section
+    (a group of :func:`~rvos_ray.stages.ground.encoder_groups`: its shared encoders run once per
+    frame / expression for all of them); each variant is built seeded with ``seed``.
+    ``grounding.method: similarity``: the naive cosine-similarity stage of the ablation."""
     from rvos_ray.stages.ground import GroundingStage
 
     method = str(grounding.get("method", "transformer"))
     if method == "similarity":
         from rvos_ray.stages.naive_ground import SimilarityGroundingStage
 
-        return SimilarityGroundingStage.from_config(grounding, variants=[variant])
+        return SimilarityGroundingStage.from_config(grounding, variants=list(variants), seed=seed)
     if method != "transformer":
         from rvos_ray.registry import ConfigError
 
         raise ConfigError(f"grounding.method: {method!r} is not one of ['transformer', 'similarity']")
-    return GroundingStage.from_config(grounding, variants=[variant])
+    return GroundingStage.from_config(grounding, variants=list(variants), seed=seed)
+
+
+def grounder_groups(grounding: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The ``grounding`` section's variants in groups that run in one stage (one actor), so
+    that each encoder they share runs once (see :func:`~rvos_ray.stages.ground.encoder_groups`)."""
+    from rvos_ray.stages.ground import encoder_groups
+
+    return encoder_groups(grounding.get("variants") or [])
+
+
+def group_name(group: Sequence[str]) -> str:
+    """A grounder group's name in events, telemetry tags and actor names: its variants, joined."""
+    return "+".join(group)
 
 
 # --------------------------------------------------------------------------------------------

@@ -117,10 +117,13 @@ class Ensembler:
     """The ensemble stage built from the ``ensemble`` config section."""
 
     def __init__(self, section: Mapping[str, Any]) -> None:
+        from rvos_ray.config import EnsembleConfig
+
+        d = EnsembleConfig()  # absent keys: the config schema's defaults, not a second copy
         self.weights = {str(k): float(v) for k, v in dict(section.get("weights") or {}).items()}
-        self.mode = str(section.get("mode", "mean"))
-        self.temperature = float(section.get("temperature", 1.0))
-        self.frame_stride = int(section.get("frame_stride", 1))
+        self.mode = str(section.get("mode", d.mode))
+        self.temperature = float(section.get("temperature", d.temperature))
+        self.frame_stride = int(section.get("frame_stride", d.frame_stride))
         vs = section.get("variants")
         self.variants = [str(v) for v in vs] if vs else None
         if self.mode not in MODES:

@@ -41,9 +41,18 @@ from rvos_ray.models.grounder import (
     pool_with_weights,
 )
 from rvos_ray.registry import ConfigError
-from rvos_ray.types import GROUNDING_SCHEMA, TRACKLET_SCHEMA, Expression, Video, table_from_columns, validate
+from rvos_ray.seeding import seeded
+from rvos_ray.types import (
+    GROUNDING_SCHEMA,
+    TRACKLET_SCHEMA,
+    Expression,
+    Resources,
+    Video,
+    table_from_columns,
+    validate,
+)
 
-__all__ = ["EncoderCounts", "GroundingStage", "TrackletGrid", "tracklet_grid"]
+__all__ = ["EncoderCounts", "GroundingStage", "TrackletGrid", "encoder_groups", "tracklet_grid"]
 
 
 @dataclass
@@ -106,6 +115,35 @@ def _label(key: tuple) -> str:
     return f"{key[0]}:{'/'.join(map(str, key[1:-1]))}#{str(key[-1])[:8]}"
 
 
+def encoder_groups(entries: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    """Variant names in groups that should share one stage: two variants are in one group when
+    their ``visual`` or their ``text`` encoder configs are equal (and so, transitively, are
+    the variants linked through them). In config order. Sharing inside a stage is decided by
+    the weights (:meth:`sharing_key`); this only decides which variants meet in one."""
+    import json
+
+    names = [str(e.get("name")) for e in entries]
+    parent = list(range(len(entries)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    seen: dict[tuple[str, str], int] = {}
+    for i, e in enumerate(entries):
+        for part in ("visual", "text"):
+            key = (part, json.dumps(e.get(part) or {}, sort_keys=True, default=str))
+            if key in seen:
+                parent[root(i)] = root(seen[key])
+            else:
+                seen[key] = i
+    groups: dict[int, list[str]] = {}
+    for i, n in enumerate(names):
+        groups.setdefault(root(i), []).append(n)
+    return [tuple(g) for g in sorted(groups.values(), key=lambda g: names.index(g[0]))]
+
+
 class GroundingStage:
     """Grounds all expressions of a video with several :class:`Grounder` variants.
 
@@ -118,7 +156,7 @@ class GroundingStage:
         self,
         variants: Sequence[Grounder],
         frame_stride: int = 1,
-        batch_size: int = 8,
+        batch_size: int = Resources.batch_size,
         pairs_per_call: int = 512,
         device: str | torch.device = "cpu",
     ) -> None:
@@ -153,21 +191,29 @@ class GroundingStage:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], variants: Sequence[str] | None = None,
-                    device: str | None = None) -> GroundingStage:
-        """From the ``grounding`` config section; ``variants`` picks a subset by name."""
+                    device: str | None = None, seed: int | None = None) -> GroundingStage:
+        """From the ``grounding`` config section; ``variants`` picks a subset by name; ``seed``:
+        every variant is built with the RNGs seeded to it (a head without a checkpoint gets the
+        same weights whichever variants share its stage)."""
         entries = list(section.get("variants") or [])
         if variants is not None:
             known = [str(e.get("name")) for e in entries]
             missing = [n for n in variants if n not in known]
             if missing:
                 raise ConfigError(f"grounding.variants: no variant named {missing}; known: {known}")
-            entries = [e for e in entries if str(e.get("name")) in set(variants)]
-        res = section.get("resources") or {}
+            entries = [(i, e) for i, e in enumerate(entries) if str(e.get("name")) in set(variants)]
+        else:
+            entries = list(enumerate(entries))
+        res = Resources.of(section)
         if device is None:
-            device = "cuda" if float(res.get("num_gpus", 0) or 0) > 0 and torch.cuda.is_available() else "cpu"
-        models = [Grounder.from_config(e, f"grounding.variants[{i}]") for i, e in enumerate(entries)]
-        return cls(models, frame_stride=int(section.get("frame_stride", 1)),
-                   batch_size=int(res.get("batch_size", 8) or 8), device=device)
+            device = "cuda" if res.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+        def build(i: int, e: Mapping[str, Any]) -> Grounder:
+            return Grounder.from_config(e, f"grounding.variants[{i}]")
+
+        models = [build(i, e) if seed is None else seeded(seed, lambda i=i, e=e: build(i, e)) for i, e in entries]
+        return cls(models, frame_stride=int(section.get("frame_stride", 1)), batch_size=res.batch_size,
+                   device=device)
 
     # ------------------------------------------------------------------------------------------
 

@@ -64,9 +64,9 @@ class TrialSettings:
         return cls(
             variants=tuple(str(v) for v in vs) if vs else None,
             weights=tuple(sorted((str(k), float(v)) for k, v in dict(e.get("weights") or {}).items())),
-            mode=str(e.get("mode", "mean")),
-            temperature=float(e.get("temperature", 1.0)),
-            frame_stride=int(e.get("frame_stride", 1)),
+            mode=str(e["mode"]),  # a run's config.yaml is resolved: every key is there
+            temperature=float(e["temperature"]),
+            frame_stride=int(e["frame_stride"]),
             iou_threshold=float(n["iou_threshold"]),
             max_tracklets=int(n["max_tracklets"]),
             min_score=float(n["min_score"]),

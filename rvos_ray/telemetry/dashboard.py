@@ -71,7 +71,7 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
         PanelSpec("Videos/s per stage", "Videos per second for which the stage finished.",
                   "suffix: videos/s", (Query(_rate("videos"), "{{stage}}"),)),
         PanelSpec("Stage calls/s per model and variant",
-                  "Finished stage calls per second; segmentation per model, grounding per variant.",
+                  "Finished stage calls per second; segmentation per model, grounding per group of variants sharing encoders.",
                   "suffix: calls/s",
                   (Query(_rate("items", "stage, variant, model"), "{{stage}} {{model}}{{variant}}"),)),
     )),

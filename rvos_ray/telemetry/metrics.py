@@ -17,7 +17,8 @@ Sinks receive the measurements:
 
 Which sink a process uses is decided on first use (:func:`current`): ``RVOS_TELEMETRY`` =
 ``auto`` (default: Ray's when this process is connected to Ray, else memory), ``ray``,
-``memory`` or ``off``. The Ray executor sets it for its workers through the job's environment.
+``memory`` or ``off``, read from this process's environment (a Ray worker inherits its
+raylet's, so set it where the cluster or the local Ray is started).
 """
 
 from __future__ import annotations
