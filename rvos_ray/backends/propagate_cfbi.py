@@ -13,11 +13,8 @@ probability.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
-
-import pyarrow as pa
 
 from rvos_ray import masks as rle
 from rvos_ray.data.errors import DataError
@@ -25,9 +22,9 @@ from rvos_ray.data.io import read_image
 from rvos_ray.models.cfbi import CFBIConfig, config_from_dict
 from rvos_ray.registry import ConfigError
 from rvos_ray.stages.propagate import (
+    ModelPropagator,
     TrackletBuilder,
     decode_candidates,
-    empty_tracklets,
     frame_order,
     keyframe_rows,
     masks_and_probabilities,
@@ -35,7 +32,7 @@ from rvos_ray.stages.propagate import (
 from rvos_ray.types import Candidates, Video
 
 
-class CFBIPropagator:
+class CFBIPropagator(ModelPropagator):
     """Propagates keyframe candidates with a CFBI+ network (:mod:`rvos_ray.models.cfbi`)."""
 
     @dataclass
@@ -79,17 +76,6 @@ class CFBIPropagator:
     def backbone_forward_passes(self) -> int:
         """Backbone (encoder) forward passes so far; one per frame per propagate call."""
         return self.model.encoder_calls
-
-    def propagate(self, video: Video, candidates: Candidates, tracklet_ids: Sequence[int]) -> pa.Table:
-        """Tracklet table (``TRACKLET_SCHEMA``) for these candidates over every frame."""
-        import torch
-
-        builder = TrackletBuilder(video, candidates, tracklet_ids)
-        if len(candidates) == 0:
-            return empty_tracklets()
-        with torch.inference_mode():
-            self._run(video, candidates, builder)
-        return builder.table()
 
     # ------------------------------------------------------------------------------------------
     def _run(self, video: Video, candidates: Candidates, builder: TrackletBuilder) -> None:

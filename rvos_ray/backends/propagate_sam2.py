@@ -16,20 +16,17 @@ logits) inside the predicted mask, 0 for an empty mask.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import pyarrow as pa
 
 from rvos_ray import masks as rle
 from rvos_ray.data.errors import DataError
 from rvos_ray.data.io import read_image
 from rvos_ray.registry import ConfigError
 from rvos_ray.stages.propagate import (
+    ModelPropagator,
     TrackletBuilder,
     decode_candidates,
-    empty_tracklets,
     frame_order,
     keyframe_rows,
     masks_and_probabilities,
@@ -37,7 +34,7 @@ from rvos_ray.stages.propagate import (
 from rvos_ray.types import Candidates, Video
 
 
-class Sam2Propagator:
+class Sam2Propagator(ModelPropagator):
     """Propagates keyframe candidates with SAM 2 (transformers ``Sam2VideoModel``)."""
 
     @dataclass
@@ -94,17 +91,6 @@ class Sam2Propagator:
     def backbone_forward_passes(self) -> int:
         """Image-encoder forward passes so far (one per frame per propagate call)."""
         return self._encoder_passes
-
-    def propagate(self, video: Video, candidates: Candidates, tracklet_ids: Sequence[int]) -> pa.Table:
-        """Tracklet table (``TRACKLET_SCHEMA``) for these candidates over every frame."""
-        import torch
-
-        builder = TrackletBuilder(video, candidates, tracklet_ids)
-        if len(candidates) == 0:
-            return empty_tracklets()
-        with torch.inference_mode():
-            self._run(video, candidates, builder)
-        return builder.table()
 
     # ------------------------------------------------------------------------------------------
     def _run(self, video: Video, candidates: Candidates, builder: TrackletBuilder) -> None:

@@ -97,6 +97,26 @@ class TrackletBuilder:
         return table_from_columns(cols, TRACKLET_SCHEMA, f"tracklets of {c.video_id}")
 
 
+class ModelPropagator:
+    """Base of the model backends (CFBI+, SAM 2): :meth:`propagate` builds the table from
+    ``_run(video, candidates, builder)``, which records every frame's masks, under torch's
+    inference mode; a chunk without candidates gives an empty table without running the model."""
+
+    def propagate(self, video: Video, candidates: Candidates, tracklet_ids: Sequence[int]) -> pa.Table:
+        """Tracklet table (``TRACKLET_SCHEMA``) for these candidates over every frame."""
+        import torch
+
+        builder = TrackletBuilder(video, candidates, tracklet_ids)
+        if len(candidates) == 0:
+            return empty_tracklets()
+        with torch.inference_mode():
+            self._run(video, candidates, builder)
+        return builder.table()
+
+    def _run(self, video: Video, candidates: Candidates, builder: TrackletBuilder) -> None:
+        raise NotImplementedError
+
+
 def empty_tracklets() -> pa.Table:
     return TRACKLET_SCHEMA.empty_table()
 

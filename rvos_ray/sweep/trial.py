@@ -44,6 +44,14 @@ from rvos_ray.types import GROUNDING_SCHEMA, METRICS_SCHEMA, table_from_columns
 __all__ = ["TrialSettings", "run_trial", "cache_trial", "kept_by_nms"]
 
 
+#: the cache axes that set one scalar field of :class:`TrialSettings`: axis -> (field, type)
+_SCALAR_AXES: dict[str, tuple[str, type]] = {
+    "ensemble.mode": ("mode", str), "ensemble.temperature": ("temperature", float),
+    "ensemble.frame_stride": ("frame_stride", int), "nms.iou_threshold": ("iou_threshold", float),
+    "nms.max_tracklets": ("max_tracklets", int), "nms.min_score": ("min_score", float),
+}
+
+
 @dataclass(frozen=True)
 class TrialSettings:
     """The NMS and ensemble settings of one trial (the run's, overlaid by the trial's axes)."""
@@ -84,18 +92,9 @@ class TrialSettings:
             elif key == "ensemble.variants":
                 vs = None if value is None else ((value,) if isinstance(value, str) else tuple(value))
                 s = replace(s, variants=None if vs is None else tuple(str(v) for v in vs))
-            elif key == "ensemble.mode":
-                s = replace(s, mode=str(value))
-            elif key == "ensemble.temperature":
-                s = replace(s, temperature=float(value))
-            elif key == "ensemble.frame_stride":
-                s = replace(s, frame_stride=int(value))
-            elif key == "nms.iou_threshold":
-                s = replace(s, iou_threshold=float(value))
-            elif key == "nms.max_tracklets":
-                s = replace(s, max_tracklets=int(value))
-            elif key == "nms.min_score":
-                s = replace(s, min_score=float(value))
+            elif key in _SCALAR_AXES:
+                field_name, kind = _SCALAR_AXES[key]
+                s = replace(s, **{field_name: kind(value)})
             else:
                 raise ConfigError(f"trial config: {key!r} is not a cache axis")
         return replace(s, weights=tuple(sorted(weights.items())))
