@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from rvos_ray.registry import ConfigError
 from rvos_ray.runtime import pipeline as pl
 from rvos_ray.runtime.stage_adapters import build_segmenter
+from rvos_ray.seeding import seeded
 from rvos_ray.stages.segment import ScoreCalibration, make_candidates
 from rvos_ray.types import Video
 
@@ -60,8 +61,10 @@ def video(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("frames") / "vid0", [(96, 128)] * 3)
 
 
-def _build(section):
-    return [build_segmenter(m, f"segmentation.models[{i}]") for i, m in enumerate(section.models)]
+def _build(section, seed=0):
+    """Each model built as the executors build it: seeded with the run's seed (random init)."""
+    return [seeded(seed, lambda m=m, i=i: build_segmenter(m, f"segmentation.models[{i}]"))
+            for i, m in enumerate(section.models)]
 
 
 def test_two_model_pooling_keeps_both_sets(video):
