@@ -118,7 +118,7 @@ def main() -> int:
                 print(f"{name:<12} {out[f'{name}_videos_per_s']:.3f} videos/s  (loop {out[f'{name}_loop_s']:.2f}s, "
                       f"stage compute {out[f'{name}_compute_s']:.2f}s, ratio {out[f'{name}_wall_over_compute']:.3f}; "
                       f"{replicas} worker(s) per stage, {in_flight} video(s) in flight)")
-                for actors in (*ex.segmenters.values(), ex.propagators, *ex.grounders.values()):
+                for actors in ex.pools.values():
                     for actor in actors:
                         ray.kill(actor)
         finally:

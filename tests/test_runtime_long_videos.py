@@ -103,7 +103,7 @@ def test_the_same_videos_on_ray_give_the_same_tables(data36, data120, local36, t
         s = ex.run(progress=False)
         assert (s["done"], s["failed"]) == (1, 0), s["failures"]
         assert_same_results(local36, tmp_path / "ray36")
-        for actors in (*ex.segmenters.values(), ex.propagators, *ex.grounders.values()):
+        for actors in ex.pools.values():
             for actor in actors:  # the 120-frame run's segmenters keep fewer candidates: new actors
                 ray.kill(actor)
         s = RayExecutor(tiny_cfg(data120, tmp_path / "ray120", *LONG)).run(progress=False)

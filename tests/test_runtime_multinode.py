@@ -142,7 +142,7 @@ def test_a_propagation_node_lost_mid_run_is_survived(longer, config, tmp_path):
         alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         assert lost not in alive
         # the lost actor was restarted on the spare node and did propagation work after the loss
-        moved = ray.get(ex.propagators[0].where.remote())["node_id"]
+        moved = ray.get(ex.pools[("propagation",)][0].where.remote())["node_id"]
         assert moved != lost and moved in alive
         events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
         assert any(e.get("stage") == "propagation" and e.get("node") == moved and e["start"] > at for e in events)
@@ -192,6 +192,6 @@ def test_a_task_no_node_can_place_fails_with_a_report_of_what_is_pending(data, t
     assert (s["done"], s["failed"]) == (0, VIDEOS)
     f = s["failures"][0]
     assert f["error"] == "StallError"
-    for word in ("no call finished", "pooling pool_task", "nowhere=1", "nodes (free / total)", "CPU="):
+    for word in ("no call finished", "pooling all (waits for", "nowhere=1", "nodes (free / total)", "CPU="):
         assert word in f["message"] or word in json.loads(
             (tmp_path / "run" / "failures" / f"{f['video_id']}.json").read_text())["traceback"], word

@@ -120,7 +120,7 @@ def test_a_killed_propagator_restarts_and_results_are_identical(executor, refere
     assert (s["done"], s["failed"]) == (VIDEOS, 0)
     assert_same_results(reference, run)
     # the actor was restarted in a new process
-    new_pid = ray.get(executor.propagators[0].where.remote())["pid"]
+    new_pid = ray.get(executor.pools[("propagation",)][0].where.remote())["pid"]
     assert new_pid != killed[0]
 
 
@@ -136,7 +136,7 @@ def test_unreadable_frames_fail_one_video_and_the_rest_is_scored(executor, refer
     assert pq.read_table(run / "failures.parquet").column("video_id").to_pylist() == [vid]
     # the worker's traceback is kept, down to the frame reader
     tb = json.loads((run / "failures" / f"{vid}.json").read_text())["traceback"]
-    assert "SegmenterActor.segment" in tb and "read_image" in tb and ", line " in tb and "DataError" in tb
+    assert "ModelActor.call" in tb and "segment_call" in tb and "read_image" in tb and ", line " in tb and "DataError" in tb
     metrics = pq.read_table(run / "metrics.parquet")
     ref = pq.read_table(reference / "metrics.parquet")
     assert ref.filter(ref.column("video").to_numpy(zero_copy_only=False) != vid).equals(metrics)

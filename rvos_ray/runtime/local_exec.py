@@ -12,9 +12,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from rvos_ray.runtime import graph, resume
 from rvos_ray.runtime import pipeline as pl
-from rvos_ray.runtime import resume
-from rvos_ray.runtime import stage_adapters as adapters
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.seeding import seeded
 from rvos_ray.telemetry import metrics as telemetry
@@ -24,64 +23,39 @@ log = logging.getLogger(__name__)
 
 
 class LocalStages:
-    """Every model of the run, built once: segmenters per model, one propagator, a grounding
-    stage per group of variants sharing an encoder (the Ray executor builds the same, one per
-    actor)."""
+    """Every model of the run, built once: one per model pool of the graph
+    (:func:`rvos_ray.runtime.graph.pools_of`; the Ray executor builds the same, one per actor)."""
 
     def __init__(self, cfg: DictConfig) -> None:
         c = OmegaConf.to_container(cfg, resolve=True)
         seed = int(c["run"]["seed"])
-        self.segmenters = [
-            (str(m["name"]), seeded(seed, lambda m=m, i=i: adapters.build_segmenter(m, f"segmentation.models[{i}]")))
-            for i, m in enumerate(c["segmentation"]["models"])
-        ]
-        self.propagator = seeded(seed, lambda: adapters.build_propagator(c["propagation"]))
-        self.grounders = [(adapters.group_name(g), adapters.build_grounder(g, c["grounding"], seed))
-                          for g in adapters.grounder_groups(c["grounding"])]
+        self.models = {pool.key: seeded(seed, pool.build) for pool in graph.pools_of(c)}
         self.cfg = c
 
 
 def process_video(stages: LocalStages, rd: RunDir, work: pl.VideoWork, c: dict[str, Any] | None = None
                   ) -> dict[str, Any]:
-    """The whole stage sequence of one video under the run's config ``c`` (a plain dict;
-    default: the one the models were built from); raises :class:`StageFailure` naming the stage."""
-    c = stages.cfg if c is None else c
-    video = work.video
-    events: list[dict] = []
-    with _stage("segmentation"):
-        keyframes, batches = pl.keyframe_batches(video, c["keyframes"]["k"],
-                                                 c["segmentation"]["resources"]["batch_size"])
-        per_model = []
-        for name, seg in stages.segmenters:
-            results = []
-            for frames in batches:
-                cands, ev = pl.segment_call(seg, name, video, frames)
-                results.append(cands)
-                events.append(ev)
-            per_model.append(results)
-    with _stage("pooling"):
-        pooled, counts, ev = pl.pool_call(video, keyframes, per_model)
-        events.append(ev)
-    with _stage("propagation"):
-        tables = []
-        for call in pl.propagation_plan(counts, c["propagation"]["candidates_per_call"]):
-            t, ev = pl.propagate_call(stages.propagator, video, pooled[call.keyframe_index], call)
-            tables.append(t)
-            events.append(ev)
-    with _stage("nms"):
-        every, kept, ev = pl.nms_call(c["nms"], video, tables)
-        events.append(ev)
-    with _stage("grounding"):
-        grounding = []
-        for name, g in stages.grounders:
-            t, ev = pl.ground_call(g, name, work, kept)
-            grounding.append(t)
-            events.append(ev)
-    with _stage("ensemble"):
-        g_all, pred, ev = pl.ensemble_call(c["ensemble"], work, grounding)
-        events.append(ev)
-    with _stage("writer"):
-        return pl.finish_video(rd.uri, c, work, every, kept, g_all, pred, events)
+    """The video's graph (:mod:`rvos_ray.runtime.graph`), call after call, under the run's
+    config ``c`` (a plain dict; default: the one the models were built from). Returns the done
+    record; raises :class:`StageFailure` naming the stage of the call that failed."""
+    g = graph.VideoGraph(stages.cfg if c is None else c, work, rd.uri)
+    g.values.update({graph.VIDEO: work.video, graph.WORK: work})
+    while True:
+        try:
+            new = g.plan()
+        except graph.PlanError as e:
+            raise StageFailure(e.stage, e.cause) from e.cause
+        if not new:
+            raise RuntimeError(f"video {work.video_id!r}: the graph stopped planning at {g.waiting}")
+        for call in new:
+            args = [g.values[a] if isinstance(a, graph.Out) else a for a in call.args]
+            try:
+                result = call.run(stages.models[call.pool] if call.pool else None, *args)
+            except Exception as e:  # noqa: BLE001 - recorded per video, naming the stage
+                raise StageFailure(call.stage, e) from e
+            if call.writer:
+                return result
+            g.values.update({call.out(i): x for i, x in enumerate(result)})
 
 
 class StageFailure(RuntimeError):
@@ -89,21 +63,6 @@ class StageFailure(RuntimeError):
         super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
         self.stage = stage
         self.cause = cause
-
-
-class _stage:
-    """Context manager tagging any exception with the stage it came from."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ, exc, tb) -> bool:
-        if exc is not None and not isinstance(exc, (StageFailure, KeyboardInterrupt)) and isinstance(exc, Exception):
-            raise StageFailure(self.name, exc) from exc
-        return False
 
 
 def _failed(f) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from rvos_ray.runtime.stage_adapters import group_name, grounder_groups
 from rvos_ray.types import Resources
 
 
@@ -75,15 +74,12 @@ class NodeResources:
 
 
 def requests_of(c: Mapping) -> list[ActorRequest]:
-    """Every actor replica a run of the config ``c`` (a plain dict) needs, plus one slot for
-    its CPU tasks (pooling, NMS, ensemble, writer), which ask for the ``nms`` section's."""
-    out = []
-    seg, prop, gnd = (Resources.of(c[s]) for s in ("segmentation", "propagation", "grounding"))
-    for m in c["segmentation"]["models"]:
-        out += [ActorRequest.of("segmentation", str(m["name"]), seg)] * seg.replicas
-    out += [ActorRequest.of("propagation", "propagator", prop)] * prop.replicas
-    for group in grounder_groups(c["grounding"]):
-        out += [ActorRequest.of("grounding", group_name(group), gnd)] * gnd.replicas
+    """Every actor replica a run of the config ``c`` (a plain dict) needs (one per replica of
+    each model pool of the graph), plus one slot for its CPU tasks (pooling, NMS, ensemble,
+    writer), which ask for the ``nms`` section's."""
+    from rvos_ray.runtime.graph import pools_of
+
+    out = [ActorRequest.of(p.stage, p.name, p.resources) for p in pools_of(c) for _ in range(p.resources.replicas)]
     out.append(ActorRequest.of("tasks", "nms/ensemble/writer", Resources.of(c["nms"])))
     return out
 

@@ -2,17 +2,17 @@
 
 What runs is :mod:`rvos_ray.runtime.pipeline`; this module decides where and when:
 
-- **Actors hold models**, each loaded once: a :class:`SegmenterActor` per segmentation model,
-  a pool of :class:`PropagatorActor`, a :class:`GrounderActor` per ensemble variant (each
-  ``replicas`` times). Each asks for its stage's ``resources:`` (``num_cpus``, ``num_gpus``,
+- **Actors hold models**, each loaded once: a :class:`ModelActor` per model pool of the graph
+  (:func:`rvos_ray.runtime.graph.pools_of`: each segmentation model, the propagator, each group
+  of grounder variants sharing an encoder), ``replicas`` times each. Each asks for its stage's ``resources:`` (``num_cpus``, ``num_gpus``,
   ``custom``), so on a GPU cluster they land on separate GPUs and custom resources steer them to
   node types. Actors restart (``ray.max_restarts``), in place or on another node, and their
   interrupted calls are retried for as long as the restart takes.
-- **Per video**, the driver submits: one segment call per model and keyframe batch -> one
-  pooling task (returns each keyframe's candidates as its own object, plus their counts) ->
-  once the counts are known, propagation calls per keyframe and chunk of candidates (spread
-  over the pool) -> one tracklet-NMS task over the video's Arrow tables -> one grounding call
-  per variant -> the ensemble task -> the writer task (tables, PNGs, metrics, ``done.json``).
+- **Per video**, the driver interprets the graph of :mod:`rvos_ray.runtime.graph`: one segment
+  call per model and keyframe batch -> one pooling task (each keyframe's candidates its own
+  object, plus their counts) -> once the counts are known, propagation calls per keyframe and
+  chunk of candidates (spread over the pool) -> one tracklet-NMS task -> one grounding call per
+  group of variants -> the ensemble task -> the writer task (tables, PNGs, metrics, ``done.json``).
   Every arrow is an ObjectRef: tables, candidates and frames never pass through the driver;
   frames are read by the actor that needs them. The driver fetches the small counts, stage
   events and done records of refs that ``ray.wait`` reports ready.
@@ -40,10 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
+from rvos_ray.runtime import graph, ray_session, resume
 from rvos_ray.runtime import pipeline as pl
-from rvos_ray.runtime import resume
-from rvos_ray.runtime import stage_adapters as adapters
-from rvos_ray.runtime import ray_session
 from rvos_ray.runtime.placement import (
     ActorRequest,
     NodeResources,
@@ -117,8 +115,10 @@ def _where() -> dict[str, Any]:
     }
 
 
-class _ModelActor:
-    """Holds one model, built from its config section by :meth:`build` (not in ``__init__``).
+@ray.remote
+class ModelActor:
+    """Holds one model of a pool of the graph (:func:`rvos_ray.runtime.graph.pools_of`), built
+    by :meth:`build` (not in ``__init__``), and runs the graph's calls on it (:meth:`call`).
 
     Why not in ``__init__``: an actor is alive as soon as Ray placed it, so the executor can
     tell "the cluster cannot place this" (bounded by ``ray.placement_timeout_s``) apart from
@@ -153,44 +153,9 @@ class _ModelActor:
             raise self.error
         return self.model
 
-
-@ray.remote
-class SegmenterActor(_ModelActor):
-    """One segmentation model on its keyframe batches."""
-
-    def __init__(self, entry: dict, where: str, num_cpus: float, seed: int) -> None:
-        super().__init__(lambda: adapters.build_segmenter(entry, where), num_cpus, seed)
-        self.name = str(entry.get("name"))
-
-    @ray.method(num_returns=2)
-    def segment(self, video, frames):
-        return pl.segment_call(self._model(), self.name, video, frames)
-
-
-@ray.remote
-class PropagatorActor(_ModelActor):
-    """One propagation model; the executor keeps a pool of them."""
-
-    def __init__(self, section: dict, num_cpus: float, seed: int) -> None:
-        super().__init__(lambda: adapters.build_propagator(section), num_cpus, seed)
-
-    @ray.method(num_returns=2)
-    def propagate(self, video, candidates, call):
-        return pl.propagate_call(self._model(), video, candidates, call)
-
-
-@ray.remote
-class GrounderActor(_ModelActor):
-    """One group of grounder variants (those sharing an encoder: each shared encoder runs once
-    per frame / expression for all of them) over a video's tracklets."""
-
-    def __init__(self, variants: tuple[str, ...], grounding: dict, num_cpus: float, seed: int) -> None:
-        super().__init__(lambda: adapters.build_grounder(variants, grounding, seed), num_cpus, seed)
-        self.name = adapters.group_name(variants)
-
-    @ray.method(num_returns=2)
-    def ground(self, work, tracklets):
-        return pl.ground_call(self._model(), self.name, work, tracklets)
+    def call(self, run: Callable[..., Any], *args: Any) -> Any:
+        """One call of a video's graph on this actor's model: ``run(model, *args)``."""
+        return run(self._model(), *args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,31 +164,10 @@ class GrounderActor(_ModelActor):
 
 
 @ray.remote
-def pool_task(video, keyframes, n_models, *batches):
-    """Returns K + 2 objects: each keyframe's pooled candidates, the counts, the event."""
+def run_task(run: Callable[..., Any], *args: Any) -> Any:
+    """One CPU call of a video's graph (pooling, NMS, ensemble, writer): ``run(None, *args)``."""
     _on_node()
-    per = len(batches) // max(n_models, 1)
-    per_model = [batches[m * per : (m + 1) * per] for m in range(n_models)]
-    pooled, counts, ev = pl.pool_call(video, keyframes, per_model)
-    return (*pooled, counts, ev)
-
-
-@ray.remote
-def nms_task(nms_cfg, video, *tables):
-    _on_node()
-    return pl.nms_call(nms_cfg, video, tables)
-
-
-@ray.remote
-def ensemble_task(ens_cfg, work, *tables):
-    _on_node()
-    return pl.ensemble_call(ens_cfg, work, tables)
-
-
-@ray.remote
-def finish_task(run_uri, cfg, work, every, kept, grounding, prediction, *events):
-    _on_node()
-    return pl.finish_video(run_uri, cfg, work, every, kept, grounding, prediction, events)
+    return run(None, *args)
 
 
 def failure_of(video_id: str, err: BaseException, stage: str) -> Failure:
@@ -258,22 +202,20 @@ def _get(c: dict, dotted: str) -> Any:
 @dataclass
 class _Video:
     work: pl.VideoWork
-    work_ref: Any = None
-    video_ref: Any = None
-    pooled: list = field(default_factory=list)
-    events: list = field(default_factory=list)
+    graph: graph.VideoGraph | None = None  # its calls, planned as far as the known values allow
+    refs: dict[graph.Out, Any] = field(default_factory=dict)  # every output submitted so far
     attempt: int = 0  # whole-graph resubmissions after a system failure (a lost node's objects)
 
     def reset(self) -> None:
-        self.work_ref = self.video_ref = None
-        self.pooled, self.events = [], []
+        self.graph, self.refs = None, {}
 
 
 @dataclass(frozen=True)
 class _Call:
     """A submitted call of a video's graph, as the driver tracks it: its stage and item, and
-    what its ref returns (``event``: a stage event; ``counts``: the pooled candidate counts the
-    driver fans out on; ``done``: the writer's done record)."""
+    what its ref returns (``event``: a stage event; ``value``: an output the graph needs to
+    plan further, e.g. the pooled candidate counts propagation fans out on; ``done``: the
+    writer's done record)."""
 
     video: _Video
     stage: str
@@ -309,9 +251,7 @@ class RayExecutor:
         self.cfg = cfg
         self.c = OmegaConf.to_container(cfg, resolve=True)
         self.on_phase = on_phase or (lambda phase, vid: None)
-        self.segmenters: dict[str, list] = {}
-        self.propagators: list = []
-        self.grounders: dict[str, list] = {}
+        self.pools: dict[graph.PoolKey, list] = {}  # each model pool's actor replicas
         self.placements: dict[str, list[dict]] = {}
         self._rr: dict[str, int] = {}
 
@@ -341,26 +281,13 @@ class RayExecutor:
         nodes = NodeResources.from_ray_nodes(ray.nodes())
         if not self.c["ray"]["autoscaling"]:
             check_feasible(reqs, nodes)
-        seg, prop, gnd = (Resources.of(self.c[s]) for s in ("segmentation", "propagation", "grounding"))
         seed = int(self.c["run"]["seed"])
-        for i, m in enumerate(self.c["segmentation"]["models"]):
-            self.segmenters[str(m["name"])] = [
-                SegmenterActor.options(**self._actor_opts(seg)).remote(
-                    m, f"segmentation.models[{i}]", seg.num_cpus, seed)
-                for _ in range(seg.replicas)
-            ]
-        self.propagators = [
-            PropagatorActor.options(**self._actor_opts(prop)).remote(self.c["propagation"], prop.num_cpus, seed)
-            for _ in range(prop.replicas)
-        ]
-        for group in adapters.grounder_groups(self.c["grounding"]):
-            self.grounders[adapters.group_name(group)] = [
-                GrounderActor.options(**self._actor_opts(gnd)).remote(group, self.c["grounding"], gnd.num_cpus, seed)
-                for _ in range(gnd.replicas)
-            ]
-        named = [("segmentation", n, a) for n, acts in self.segmenters.items() for a in acts]
-        named += [("propagation", "propagator", a) for a in self.propagators]
-        named += [("grounding", n, a) for n, acts in self.grounders.items() for a in acts]
+        named = []
+        for pool in graph.pools_of(self.c):
+            res = pool.resources
+            self.pools[pool.key] = [ModelActor.options(**self._actor_opts(res)).remote(pool.build, res.num_cpus, seed)
+                                    for _ in range(res.replicas)]
+            named += [(pool.stage, pool.name, a) for a in self.pools[pool.key]]
         refs = [a.where.remote() for _, _, a in named]
         timeout = float(self.c["ray"]["placement_timeout_s"])
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
@@ -393,64 +320,43 @@ class RayExecutor:
         return {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "resources": dict(r.custom),
                 "max_retries": int(self.c["ray"]["max_retries"])}
 
-    def _submit_segmentation(self, v: _Video, track: dict[Any, _Call]) -> None:
-        c = self.c
-        v.work_ref = ray.put(v.work)
-        v.video_ref = ray.put(v.work.video)
-        keyframes, batches = pl.keyframe_batches(v.work.video, c["keyframes"]["k"],
-                                                 c["segmentation"]["resources"]["batch_size"])
-        cands = []
-        for name, actors in self.segmenters.items():
-            for frames in batches:
-                cand, ev = self._next(f"seg:{name}", actors).segment.remote(v.video_ref, frames)
-                cands.append(cand)
-                v.events.append(ev)
-                track[ev] = _Call(v, "segmentation", f"{name}@{','.join(map(str, frames))}",
-                                 asks=f"a {name!r} segmenter actor")
-        outs = pool_task.options(num_returns=len(keyframes) + 2, **self._cpu_opts()).remote(
-            v.video_ref, keyframes, len(self.segmenters), *cands)
-        v.pooled = list(outs[:-2])
-        v.events.append(outs[-1])
-        asks = _asks(self._cpu_opts())
-        track[outs[-1]] = _Call(v, "pooling", "pool_task", asks=asks)
-        track[outs[-2]] = _Call(v, "pooling", "pool_task counts", kind="counts", asks=asks)  # the driver's fan-out
+    def _plan(self, v: _Video, track: dict[Any, _Call]) -> list[graph.Call]:
+        """Submit the calls of ``v``'s graph that can be planned now; when planning stops at a
+        value (the pooled candidate counts), track that small object so the driver can go on
+        once it is ready. Returns the calls submitted."""
+        if v.graph is None:
+            v.graph = graph.VideoGraph(self.c, v.work, self.rd.uri)
+            v.refs = {graph.VIDEO: ray.put(v.work.video), graph.WORK: ray.put(v.work)}
+        new = v.graph.plan()
         tel = telemetry.current()  # telemetry hook: calls submitted per stage (queue depth)
-        for name in self.segmenters:
-            tel.submitted("segmentation", len(batches), video_id=v.work.video_id, model=name)
-        tel.submitted("pooling", 1, video_id=v.work.video_id)
+        for call in new:
+            self._submit(v, call, track)
+            tel.submitted(call.stage, 1, video_id=v.work.video_id, **call.tags)
+        waiting = v.graph.waiting
+        if waiting is not None:
+            by = next(c for c in v.graph.calls if c.id == waiting.call)
+            track[v.refs[waiting]] = _Call(v, by.stage, f"{by.item} (planning input)", kind="value",
+                                           asks=self._asks_of(by))
+        return new
 
-    def _submit_rest(self, v: _Video, counts: list[int], track: dict[Any, _Call]) -> None:
-        c = self.c
-        tables = []
-        for call in pl.propagation_plan(counts, c["propagation"]["candidates_per_call"]):
-            t, ev = self._next("prop", self.propagators).propagate.remote(
-                v.video_ref, v.pooled[call.keyframe_index], call)
-            tables.append(t)
-            v.events.append(ev)
-            track[ev] = _Call(v, "propagation", f"keyframe {call.keyframe_index} candidates [{call.start}:{call.stop}]",
-                              asks="a propagator actor")
-        every, kept, ev = nms_task.options(num_returns=3, **self._cpu_opts()).remote(c["nms"], v.video_ref, *tables)
-        v.events.append(ev)
-        track[ev] = _Call(v, "nms", "nms_task", asks=_asks(self._cpu_opts()))
-        grounding = []
-        for name, actors in self.grounders.items():
-            g, ev = self._next(f"gnd:{name}", actors).ground.remote(v.work_ref, kept)
-            grounding.append(g)
-            v.events.append(ev)
-            track[ev] = _Call(v, "grounding", f"variants {name}", asks=f"a {name!r} grounder actor")
-        g_all, pred, ev = ensemble_task.options(num_returns=3, **self._cpu_opts()).remote(
-            c["ensemble"], v.work_ref, *grounding)
-        v.events.append(ev)
-        track[ev] = _Call(v, "ensemble", "ensemble_task", asks=_asks(self._cpu_opts()))
-        tel = telemetry.current()  # telemetry hook: calls submitted per stage (queue depth)
-        tel.submitted("propagation", len(tables), video_id=v.work.video_id)
-        for name in self.grounders:
-            tel.submitted("grounding", 1, video_id=v.work.video_id, variant=name)
-        for stage in ("nms", "ensemble", "writer"):
-            tel.submitted(stage, 1, video_id=v.work.video_id)
-        done = finish_task.options(**self._writer_opts()).remote(
-            self.rd.uri, self.cfg_ref, v.work_ref, every, kept, g_all, pred, *v.events)
-        track[done] = _Call(v, "writer", "finish_task", kind="done", asks=_asks(self._writer_opts()))
+    def _submit(self, v: _Video, call: graph.Call, track: dict[Any, _Call]) -> None:
+        args = [v.refs[a] if isinstance(a, graph.Out) else a for a in call.args]
+        if call.pool is not None:
+            actor = self._next(call.pool, self.pools[call.pool])
+            refs = actor.call.options(num_returns=call.returns).remote(call.run, *args)
+        else:
+            opts = self._writer_opts() if call.writer else self._cpu_opts()
+            refs = run_task.options(num_returns=call.returns, **opts).remote(call.run, *args)
+        refs = list(refs) if call.returns > 1 else [refs]
+        for i, ref in enumerate(refs):
+            v.refs[call.out(i)] = ref
+        track[refs[-1]] = _Call(v, call.stage, call.item, kind="done" if call.writer else "event",
+                                asks=self._asks_of(call))
+
+    def _asks_of(self, call: graph.Call) -> str:
+        if call.pool is not None:
+            return f"a {call.pool[-1]!r} {call.stage} actor"
+        return _asks(self._writer_opts() if call.writer else self._cpu_opts())
 
     def _writer_opts(self) -> dict[str, Any]:
         opts = self._cpu_opts()
@@ -483,7 +389,6 @@ class RayExecutor:
         resume.record_invalid(self.rd, p, out, _failed)
         out.timings = {"setup_s": 0.0, "loop_s": 0.0}
         if p.todo:
-            self.cfg_ref = ray.put(self.c)
             if not self.placements:
                 t0 = time.perf_counter()
                 self.start_actors()
@@ -547,8 +452,12 @@ class RayExecutor:
             while queue and len(active) < limit:
                 v = queue.popleft()
                 active[v.work.video_id] = v
-                self._submit_segmentation(v, track)
                 out.event("video_start", v.work.video_id, attempt=v.attempt)
+                try:
+                    self._plan(v, track)
+                except graph.PlanError as e:
+                    fail(v, resume.failure_from(v.work.video_id, e.stage, e.cause))
+                    continue
                 self.on_phase("submitted", v.work.video_id)
             refs = list(track)
             ready, _ = ray.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
@@ -575,10 +484,15 @@ class RayExecutor:
                     else:
                         fail(v, failure_of(vid, e, call.stage))
                     continue
-                if call.kind == "counts":
-                    self._submit_rest(v, value, track)
-                    out.event("fan_out", vid)  # the propagation calls are submitted
-                    self.on_phase("propagation", vid)
+                if call.kind == "value":
+                    v.graph.values[v.graph.waiting] = value
+                    try:
+                        new = self._plan(v, track)
+                    except graph.PlanError as e:
+                        fail(v, resume.failure_from(vid, e.stage, e.cause))
+                        continue
+                    out.event("fan_out", vid)  # the calls planned on that value are submitted
+                    self.on_phase(new[0].stage if new else "fan_out", vid)
                 elif call.kind == "done":
                     drop(v)
                     out.done[vid] = value
