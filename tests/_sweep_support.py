@@ -6,7 +6,7 @@ distractor box), the NMS is the real stage (:func:`rvos_ray.stages.tracklet_nms.
 variant (``good`` prefers the referred object's tracklet, ``noisy`` is random, ``bad``
 prefers a wrong one), and everything after that is the runtime's own code path: the ensemble
 stage, :func:`rvos_ray.runtime.pipeline.finish_video` (tables, metrics via the scorer,
-``done.json``) and :func:`rvos_ray.runtime.resume.finish_run` (merged tables, summary.json).
+``done.json``) and :func:`rvos_ray.runtime.lifecycle.finish_run` (merged tables, summary.json).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rvos_ray.config import load_config
 from rvos_ray.data.datasets import open_dataset
 from rvos_ray.data.synthetic import make_shapes
 from rvos_ray.runtime import pipeline as pl
-from rvos_ray.runtime import resume
+from rvos_ray.runtime import run_lifecycle as lifecycle
 from rvos_ray.stages.propagate import TrackletBuilder
 from rvos_ray.stages.tracklet_nms import tracklet_nms
 from rvos_ray.types import GROUNDING_SCHEMA, Candidates, table_from_columns
@@ -106,15 +106,16 @@ def build_run(data: Path, run: Path, *overrides: str) -> dict:
     """A finished, scored run directory; returns its summary (summary.json)."""
     cfg = run_config(data, run, *overrides)
     c = OmegaConf.to_container(cfg, resolve=True)
-    rd = resume.start_run(cfg)
+    rd = lifecycle.start_run(cfg)
     works = pl.list_work(cfg)
-    plan = resume.plan(rd, works, False)
-    out = resume.Outcome(executor="test")
+    plan = lifecycle.plan(rd, works, False)
+    out = lifecycle.Outcome(executor="test")
     reader = open_dataset(str(data), "valid", "refytvos")
     for i, work in enumerate(works):
         table, obj_to_tid = gt_tracklets(reader, work)
         every = pl.concat_tracklets([table])
         kept = tracklet_nms(every, c["nms"])
-        g_all, pred, ev = pl.ensemble_call(c["ensemble"], work, made_up_grounding(work, kept, obj_to_tid, i))
+        (g_all, pred), ev = pl.timed("ensemble", work.video_id, "all", lambda: pl.ensemble_call(
+            c["ensemble"], work, made_up_grounding(work, kept, obj_to_tid, i)))
         out.done[work.video_id] = pl.finish_video(rd.uri, c, work, every, kept, g_all, pred, [ev])
-    return resume.finish_run(rd, cfg, works, plan, out)
+    return lifecycle.finish_run(rd, cfg, works, plan, out)

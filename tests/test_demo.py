@@ -98,9 +98,9 @@ def test_committed_models_run_in_the_demo_backends(small_shapes, tmp_path):
     reader = RefYTVOS(small_shapes, "valid")
     vid = reader.video_ids()[0]
     video, exps = reader.video(vid), reader.expressions(vid)
-    cands, _ = pl.segment_call(models["segmenter"], "condinst", video, [0])
+    cands = pl.segment_call(models["segmenter"], video, [0])
     assert len(cands[0]) >= 1 and max(cands[0].scores) >= 0.3
-    table, _ = pl.propagate_call(models["propagator"], video, cands[0], pl.PropagationCall(0, 0, 1, 0))
+    table = pl.propagate_call(models["propagator"], video, cands[0], pl.PropagationCall(0, 0, 1, 0))
     assert table.num_rows == video.num_frames
     for name in ("r18s2-minilm", "r18s2-minilm-d96"):
         g = models[name].ground(video, table, exps)

@@ -193,7 +193,7 @@ def test_cfbi_propagation_calls_chunks_and_ids(tmp_path):
     prop = _propagator()
     pooled = [_candidates(0, 3), _candidates(2, 3)]
     calls = pl.propagation_plan([len(c) for c in pooled], 2)
-    table = pl.concat_tracklets([pl.propagate_call(prop, video, pooled[x.keyframe_index], x)[0] for x in calls])
+    table = pl.concat_tracklets([pl.propagate_call(prop, video, pooled[x.keyframe_index], x) for x in calls])
     assert sorted(set(table["tracklet_id"].to_pylist())) == list(range(6))
     assert table.num_rows == 6 * 3
     assert prop.backbone_forward_passes == 4 * 3  # 2 keyframes x 2 calls, T frames each

@@ -61,11 +61,46 @@ def test_slice_candidates_keeps_fields_aligned():
 def test_pooling_concatenates_models_in_order():
     v = video(14)
     per_model = [[[cands(1, 2, "htc"), cands(3, 1, "htc")]], [[cands(1, 1, "ci"), cands(3, 0, "ci")]]]
-    pooled, counts, ev = pool_call(v, [1, 3], per_model)
+    pooled, counts = pool_call(v, [1, 3], per_model)
     assert counts == [3, 1]
     assert pooled[0].sources == ("htc", "htc", "ci")
-    assert ev["stage"] == "pooling" and ev["end"] >= ev["start"]
     # (each segment call's frames are checked by the segmenter: test_segment_pooling.py)
+
+
+def test_the_graph_plans_a_36_frame_video_at_paper_counts():
+    """tiny.yaml's graph for a 36-frame video, K=7: segment calls per model and batch, one
+    pooling call, then planning stops until the candidate counts are known; after them, a
+    propagation call per keyframe and chunk, NMS, one grounding call for the two variants that
+    share their encoders, the ensemble and the writer, which receives every call's event."""
+    from omegaconf import OmegaConf
+
+    from rvos_ray.config import load_config
+    from rvos_ray.runtime import graph
+
+    c = OmegaConf.to_container(load_config("configs/tiny.yaml", ["keyframes.k=7"]), resolve=True)
+    work = VideoWork(video(36), (Expression("v", "0", "a thing", (1,)),))
+    g = graph.VideoGraph(c, work, "/tmp/run")
+    first = g.plan()
+    batches = -(-7 // c["segmentation"]["resources"]["batch_size"])
+    assert [x.stage for x in first] == ["segmentation"] * (2 * batches) + ["pooling"]
+    pool = first[-1]
+    assert g.waiting == pool.out(7) and pool.returns == 7 + 2 and not g.done  # 7 keyframes, counts, event
+    assert [x.pool for x in first[:2]] == [("segmentation", "htc")] * min(2, batches)
+    g.values[g.waiting] = [12] * 7  # 12 candidates on every keyframe
+    rest = g.plan()
+    per_call = c["propagation"]["candidates_per_call"]
+    stages = [x.stage for x in rest]
+    assert stages.count("propagation") == 7 * -(-12 // per_call)
+    assert stages[-4:] == ["nms", "grounding", "ensemble", "writer"] and g.done
+    ground = rest[-3]
+    assert ground.pool == ("grounding", "tiny-r18-t+tiny-r18-t2") and ground.args[1] == rest[-4].out(1)
+    writer = rest[-1]
+    assert all(x.event in writer.args for x in g.calls if x is not writer)
+    with pytest.raises(graph.PlanError, match="propagation"):
+        bad = graph.VideoGraph({**c, "propagation": {**c["propagation"], "candidates_per_call": 0}}, work, "/tmp/r")
+        bad.plan()
+        bad.values[bad.waiting] = [1] * 7
+        bad.plan()
 
 
 def _tracklets(rows):

@@ -1,7 +1,7 @@
 """The run's submission.zip is written in its data.dataset's layout (issue 13 item 10).
 
 A model-free run (``_sweep_support.build_run``: ground-truth tracklets, made-up grounding) goes
-through :func:`rvos_ray.runtime.resume.finish_run`, which zips the submission."""
+through :func:`rvos_ray.runtime.run_lifecycle.finish_run`, which zips the submission."""
 
 from __future__ import annotations
 

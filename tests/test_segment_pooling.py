@@ -72,8 +72,8 @@ def test_two_model_pooling_keeps_both_sets(video):
     segs = _build(tiny_section(calibration={"slope": 1.0, "bias": 2.0}))
     assert [s.name for s in segs] == ["htc", "condinst"]
     frames = [2, 0]
-    per_model = [[pl.segment_call(s, s.name, video, frames)[0]] for s in segs]
-    pooled_out, counts, _ = pl.pool_call(video, frames, per_model)
+    per_model = [[pl.segment_call(s, video, frames)] for s in segs]
+    pooled_out, counts = pl.pool_call(video, frames, per_model)
     htc, condinst = (s.segmenter for s in segs)
     for c, h, k in zip(pooled_out, htc.segment(video, frames), condinst.segment(video, frames)):
         assert c.frame == h.frame == k.frame

@@ -16,10 +16,11 @@ A node may need the *value* of an earlier output to plan (propagation fans out o
 candidate counts): :meth:`VideoGraph.plan` stops there, the executor fetches that value
 (in-process: it has it; Ray: it waits for that small object) and planning resumes.
 
-What a call runs is a function of :mod:`rvos_ray.runtime.pipeline` called as
-``run(model, *args)`` (``model`` None for a task), returning its outputs then its stage event
-(the writer: its done record only). The in-process executor calls it; the Ray executor calls it
-inside the pool's actor or a task, with every :class:`Out` argument an ObjectRef.
+What a call runs is a plain function of :mod:`rvos_ray.runtime.pipeline` called as
+``run(model, *args)`` (``model`` None for a task). Both executors run a call through
+:func:`execute`, which times it and reports it to telemetry (the stage event), around any
+stage: in-process directly, on Ray inside the pool's actor or a task, with every :class:`Out`
+argument an ObjectRef.
 """
 
 from __future__ import annotations
@@ -56,11 +57,14 @@ class Call:
     id: str
     stage: str
     item: str  # what the call covers, for events, errors and the stall report
-    run: Callable[..., Any]  # run(model, *args) -> (*outputs, event); the writer: its record
+    video_id: str
+    run: Callable[..., Any]  # run(model, *args) -> its outputs (a tuple when outputs > 1)
     args: tuple
-    outputs: int  # values before the event (the writer: 0, it returns its record)
+    outputs: int  # values it returns before its event (the writer: 0, it returns its record)
     pool: PoolKey | None = None  # the model pool that runs it; None: a CPU task
     tags: Mapping[str, str] = field(default_factory=dict)  # telemetry tags (model=, variant=)
+    frames: int = 0  # the video's frames, when this call finishes its stage for the video
+    completes: str = ""  # a fan-out stage this call consumes (done for the video as it starts)
 
     @property
     def event(self) -> Out:
@@ -143,8 +147,22 @@ class VideoGraph:
         return self.values[out]
 
     def call(self, stage: str, item: str, run: Callable[..., Any], args: Sequence[Any], outputs: int,
-             pool: PoolKey | None = None, **tags: str) -> Call:
-        return Call(f"{stage}:{item}", stage, item, run, tuple(args), outputs, pool, dict(tags))  # items are unique per stage
+             pool: PoolKey | None = None, *, frames: bool = False, completes: str = "", **tags: str) -> Call:
+        """A call of this video (``frames``: it finishes its stage for the video)."""
+        return Call(f"{stage}:{item}", stage, item, self.work.video_id, run, tuple(args), outputs, pool, dict(tags),
+                    self.video.num_frames if frames else 0, completes)  # items are unique per stage
+
+
+def execute(call: Call, model: Any, *args: Any) -> Any:
+    """Run ``call`` on ``model`` (None for a task) with its resolved ``args``: its outputs, then
+    its stage event (:func:`rvos_ray.runtime.pipeline.timed`: start/end, host, node, tags, and
+    the telemetry hooks). The writer returns its done record (it logs its own event with the
+    video's others before it marks the video done)."""
+    if call.writer:
+        return call.run(model, *args)
+    out, ev = pl.timed(call.stage, call.video_id, call.item, lambda: call.run(model, *args),
+                       video_frames=call.frames, completes=call.completes, **call.tags)
+    return (*out, ev) if call.outputs > 1 else (out, ev)
 
 
 @dataclass(frozen=True)
@@ -160,28 +178,24 @@ class Node:
 
 def _segmentation(g: VideoGraph) -> list[Call]:
     _, batches = pl.keyframe_batches(g.video, g.c["keyframes"]["k"], g.c["segmentation"]["resources"]["batch_size"])
-    return [g.call("segmentation", f"{name}@{','.join(map(str, frames))}", _segment, (name, VIDEO, frames), 1,
+    return [g.call("segmentation", f"{name}@{','.join(map(str, frames))}", pl.segment_call, (VIDEO, frames), 1,
                    ("segmentation", name), model=name)
             for name in _model_names(g.c) for frames in batches]
-
-
-def _segment(model: Any, name: str, video: Any, frames: Sequence[int]) -> tuple[Any, pl.Event]:
-    return pl.segment_call(model, name, video, frames)
 
 
 def _pooling(g: VideoGraph) -> list[Call]:
     keyframes, _ = pl.keyframe_batches(g.video, g.c["keyframes"]["k"], g.c["segmentation"]["resources"]["batch_size"])
     seg = g.by_stage["segmentation"]
     return [g.call("pooling", "all", _pool, (VIDEO, keyframes, len(_model_names(g.c)), *(c.out(0) for c in seg)),
-                   len(keyframes) + 1)]
+                   len(keyframes) + 1, frames=True, completes="segmentation")]
 
 
 def _pool(_: Any, video: Any, keyframes: Sequence[int], n_models: int, *batches: Any) -> tuple[Any, ...]:
-    """(each keyframe's pooled candidates, ..., their counts, event): ``batches`` are every
-    model's segment results, model by model."""
+    """(each keyframe's pooled candidates, ..., their counts): ``batches`` are every model's
+    segment results, model by model (each keyframe's candidates become an object of its own)."""
     per = len(batches) // max(n_models, 1)
-    pooled, counts, ev = pl.pool_call(video, keyframes, [batches[m * per : (m + 1) * per] for m in range(n_models)])
-    return (*pooled, counts, ev)
+    pooled, counts = pl.pool_call(video, keyframes, [batches[m * per : (m + 1) * per] for m in range(n_models)])
+    return (*pooled, counts)
 
 
 def _propagation(g: VideoGraph) -> list[Call]:
@@ -194,7 +208,7 @@ def _propagation(g: VideoGraph) -> list[Call]:
 
 def _nms(g: VideoGraph) -> list[Call]:
     tables = [c.out(0) for c in g.by_stage["propagation"]]
-    return [g.call("nms", "all", _run_nms, (g.c["nms"], VIDEO, *tables), 2)]
+    return [g.call("nms", "all", _run_nms, (g.c["nms"], VIDEO, *tables), 2, frames=True, completes="propagation")]
 
 
 def _run_nms(_: Any, nms_cfg: Mapping[str, Any], video: Any, *tables: Any) -> tuple[Any, ...]:
@@ -203,13 +217,14 @@ def _run_nms(_: Any, nms_cfg: Mapping[str, Any], video: Any, *tables: Any) -> tu
 
 def _grounding(g: VideoGraph) -> list[Call]:
     kept = g.by_stage["nms"][0].out(1)
-    return [g.call("grounding", name, pl.ground_call, (name, WORK, kept), 1, ("grounding", name), variant=name)
+    return [g.call("grounding", name, pl.ground_call, (WORK, kept), 2, ("grounding", name), variant=name)
             for name in _group_names(g.c)]
 
 
 def _ensemble(g: VideoGraph) -> list[Call]:
     tables = [c.out(0) for c in g.by_stage["grounding"]]
-    return [g.call("ensemble", "all", _run_ensemble, (g.c["ensemble"], WORK, *tables), 2)]
+    return [g.call("ensemble", "all", _run_ensemble, (g.c["ensemble"], WORK, *tables), 2, frames=True,
+                   completes="grounding")]
 
 
 def _run_ensemble(_: Any, ens_cfg: Mapping[str, Any], work: Any, *tables: Any) -> tuple[Any, ...]:
@@ -218,14 +233,16 @@ def _run_ensemble(_: Any, ens_cfg: Mapping[str, Any], work: Any, *tables: Any) -
 
 def _writer(g: VideoGraph) -> list[Call]:
     nms, ens = g.by_stage["nms"][0], g.by_stage["ensemble"][0]
+    passes = [c.out(1) for c in g.by_stage["grounding"]]
     events = [c.event for c in g.calls]
     return [g.call("writer", "all", _finish, (g.run_uri, g.c, WORK, nms.out(0), nms.out(1), ens.out(0), ens.out(1),
-                                              *events), 0)]
+                                              len(passes), *passes, *events), 0)]
 
 
 def _finish(_: Any, run_uri: str, c: Mapping[str, Any], work: Any, every: Any, kept: Any, grounding: Any,
-            prediction: Any, *events: Any) -> dict[str, Any]:
-    return pl.finish_video(run_uri, c, work, every, kept, grounding, prediction, events)
+            prediction: Any, n_passes: int, *rest: Any) -> dict[str, Any]:
+    """``rest``: the grounding calls' encoder passes, then every call's event."""
+    return pl.finish_video(run_uri, c, work, every, kept, grounding, prediction, rest[n_passes:], rest[:n_passes])
 
 
 #: the graph: one node per stage, in pipeline order (``pipeline.STAGES``)

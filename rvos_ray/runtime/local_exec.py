@@ -12,8 +12,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from rvos_ray.runtime import graph, resume
+from rvos_ray.runtime import graph
 from rvos_ray.runtime import pipeline as pl
+from rvos_ray.runtime import run_lifecycle as lifecycle
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.seeding import seeded
 from rvos_ray.telemetry import metrics as telemetry
@@ -50,7 +51,7 @@ def process_video(stages: LocalStages, rd: RunDir, work: pl.VideoWork, c: dict[s
         for call in new:
             args = [g.values[a] if isinstance(a, graph.Out) else a for a in call.args]
             try:
-                result = call.run(stages.models[call.pool] if call.pool else None, *args)
+                result = graph.execute(call, stages.models[call.pool] if call.pool else None, *args)
             except Exception as e:  # noqa: BLE001 - recorded per video, naming the stage
                 raise StageFailure(call.stage, e) from e
             if call.writer:
@@ -76,12 +77,12 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
     ``stages``: models already built (by :class:`LocalStages` for a config with the same model
     sections), reused instead of building them again, e.g. across runs of a test."""
     split = pl.load_split(cfg)  # a bad data root or selection fails before the run dir is touched
-    rd = resume.start_run(cfg)
+    rd = lifecycle.start_run(cfg)
     works = list(split.works)
-    p = resume.plan(rd, split, cfg.run.resume)
-    out = resume.Outcome(executor="local")
+    p = lifecycle.plan(rd, split, cfg.run.resume)
+    out = lifecycle.Outcome(executor="local")
     out.event("run_start", videos=len(p.ids), todo=len(p.todo), skipped=len(p.skipped))
-    resume.record_invalid(rd, p, out, _failed)
+    lifecycle.record_invalid(rd, p, out, _failed)
     t0 = time.perf_counter()
     if stages is None and p.todo:
         stages = LocalStages(cfg)
@@ -97,7 +98,7 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
             rates.add(out.done[work.video_id])
             out.event("video_done", work.video_id)
         except StageFailure as e:
-            f = resume.failure_from(work.video_id, e.stage, e.cause)
+            f = lifecycle.failure_from(work.video_id, e.stage, e.cause)
             rd.write_failure(f)
             out.failed[work.video_id] = f
             out.event("video_failed", work.video_id, failed_stage=f.stage, error=f.error)
@@ -107,4 +108,4 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
     bar.close()
     out.timings["loop_s"] = time.perf_counter() - t0
     out.event("run_end")
-    return resume.finish_run(rd, cfg, works, p, out)
+    return lifecycle.finish_run(rd, cfg, works, p, out)

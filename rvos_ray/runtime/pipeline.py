@@ -3,15 +3,14 @@
 One video goes through::
 
     keyframe batches --segment (per model)--> pool per keyframe --> propagation plan
-      --propagate (per keyframe x chunk of candidates)--> tracklet-NMS --> ground (per variant)
-      --> ensemble --> finish_video (tables, submission PNGs, metrics, events, done.json)
+      --propagate (per keyframe x chunk of candidates)--> tracklet-NMS
+      --ground (per group of variants sharing encoders)--> ensemble --> finish_video (tables, submission PNGs, metrics, events, done.json)
 
-Every stage call here returns its outputs plus one *event* (``stage``, ``item``, ``start``,
-``end``, ``host``, ``pid``), so the executors only decide *where* and *when* each call runs;
-*what* runs is this module. The in-process executor calls these functions in order; the Ray
-executor calls the same functions inside actors and tasks, passing ObjectRefs between them.
-Identical inputs give identical tables on both (tracklet ids come from the plan, not from
-arrival order).
+The stage functions here are plain: records in, records out. Which calls a video needs, and
+where they run, is the graph of :mod:`rvos_ray.runtime.graph`; the executors run each call
+through :func:`rvos_ray.runtime.graph.execute`, which times it (:func:`timed`: one stage event
+per call, and the telemetry hooks) around any stage. Identical inputs give identical tables on
+both executors (tracklet ids come from the plan, not from arrival order).
 """
 
 from __future__ import annotations
@@ -193,28 +192,20 @@ def keyframe_batches(video: Video, k: int, batch_size: int) -> tuple[list[int], 
     return frames, [frames[i : i + b] for i in range(0, len(frames), b)]
 
 
-def segment_call(segmenter: Any, model: str, video: Video, frames: Sequence[int]) -> tuple[list[Candidates], Event]:
+def segment_call(segmenter: Any, video: Video, frames: Sequence[int]) -> list[Candidates]:
     """One model on one batch of keyframes (frames are read by the segmenter itself)."""
-    item = f"{model}@{','.join(map(str, frames))}"
-    return timed("segmentation", video.video_id, item, lambda: list(segmenter.segment(video, list(frames))),
-                 model=model)
+    return list(segmenter.segment(video, list(frames)))
 
 
 def pool_call(video: Video, keyframes: Sequence[int], per_model: Sequence[Sequence[list[Candidates]]]
-              ) -> tuple[list[Candidates], list[int], Event]:
-    """Pool every model's candidates per keyframe, in model order (the paper pools HTC and
-    CondInst proposals). ``per_model[m]`` is model m's list of batch results."""
-
-    def run() -> tuple[list[Candidates], list[int]]:
-        # each segment call returned the frames of its batch (checked by the segmenter), so a
-        # model's batches in order are the keyframes in order
-        flat = [[c for batch in model for c in batch] for model in per_model]
-        pooled = [Candidates.concat([m[i] for m in flat]) for i in range(len(keyframes))]
-        return pooled, [len(c) for c in pooled]
-
-    (pooled, counts), ev = timed("pooling", video.video_id, "all", run, video_frames=video.num_frames,
-                                 completes="segmentation")
-    return pooled, counts, ev
+              ) -> tuple[list[Candidates], list[int]]:
+    """(each keyframe's candidates, their counts): every model's candidates pooled per keyframe,
+    in model order (the paper pools HTC and CondInst proposals). ``per_model[m]`` is model m's
+    list of batch results; each segment call returned the frames of its batch (checked by the
+    segmenter), so a model's batches in order are the keyframes in order."""
+    flat = [[c for batch in model for c in batch] for model in per_model]
+    pooled = [Candidates.concat([m[i] for m in flat]) for i in range(len(keyframes))]
+    return pooled, [len(c) for c in pooled]
 
 
 def propagation_plan(counts: Sequence[int], chunk: int) -> list[PropagationCall]:
@@ -236,16 +227,10 @@ def slice_candidates(c: Candidates, start: int, stop: int) -> Candidates:
                                labels=c.labels[start:stop], sources=c.sources[start:stop])
 
 
-def propagate_call(propagator: Any, video: Video, candidates: Candidates, call: PropagationCall
-                   ) -> tuple[pa.Table, Event]:
-    part = slice_candidates(candidates, call.start, call.stop)
-
-    def run() -> pa.Table:
-        table = propagator.propagate(video, part, call.tracklet_ids)
-        return validate(table, TRACKLET_SCHEMA, f"propagation of {video.video_id!r} keyframe {candidates.frame}")
-
-    item = f"kf{candidates.frame}[{call.start}:{call.stop}]"
-    return timed("propagation", video.video_id, item, run)
+def propagate_call(propagator: Any, video: Video, candidates: Candidates, call: PropagationCall) -> pa.Table:
+    """One chunk of one keyframe's candidates through the video: their tracklets."""
+    table = propagator.propagate(video, slice_candidates(candidates, call.start, call.stop), call.tracklet_ids)
+    return validate(table, TRACKLET_SCHEMA, f"propagation of {video.video_id!r} keyframe {candidates.frame}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,28 +247,19 @@ def concat_tracklets(tables: Sequence[pa.Table]) -> pa.Table:
     return t.sort_by([("tracklet_id", "ascending"), ("frame", "ascending")])
 
 
-def nms_call(nms_cfg: Mapping[str, Any], video: Video, tables: Sequence[pa.Table]
-             ) -> tuple[pa.Table, pa.Table, Event]:
-    """(all tracklets, the tracklets NMS keeps, event)."""
-
-    def run() -> tuple[pa.Table, pa.Table]:
-        every = concat_tracklets(tables)
-        return every, adapters.tracklet_nms(every, nms_cfg)
-
-    (every, kept), ev = timed("nms", video.video_id, "all", run, video_frames=video.num_frames,
-                              completes="propagation")
-    return every, kept, ev
+def nms_call(nms_cfg: Mapping[str, Any], video: Video, tables: Sequence[pa.Table]) -> tuple[pa.Table, pa.Table]:
+    """(all tracklets of the video, the tracklets NMS keeps)."""
+    every = concat_tracklets(tables)
+    return every, adapters.tracklet_nms(every, nms_cfg)
 
 
-def ground_call(grounder: Any, group: str, work: VideoWork, tracklets: pa.Table) -> tuple[pa.Table, Event]:
-    """One grounding stage (a group of variants sharing encoders) over every expression of the
-    video (frames read by the stage). The event's ``encoders`` are the encoder passes the call
-    made: ``{"visual": {encoder: frames}, "text": {encoder: expressions}}``."""
+def ground_call(grounder: Any, work: VideoWork, tracklets: pa.Table) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    """(grounding table, encoder passes): one grounding stage (a group of variants sharing
+    encoders) over every expression of the video (frames read by the stage); the passes are
+    ``{"visual": {encoder: frames}, "text": {encoder: expressions}}`` of this call."""
     before = encoder_passes(grounder)
-    table, ev = timed("grounding", work.video_id, group,
-                      lambda: adapters.ground(grounder, work.video, work.expressions, tracklets), variant=group)
-    ev["encoders"] = add_passes(encoder_passes(grounder), before, sign=-1)
-    return table, ev
+    table = adapters.ground(grounder, work.video, work.expressions, tracklets)
+    return table, add_passes(encoder_passes(grounder), before, sign=-1)
 
 
 def encoder_passes(grounder: Any) -> dict[str, dict[str, int]]:
@@ -302,18 +278,10 @@ def add_passes(a: Mapping[str, Mapping[str, int]], b: Mapping[str, Mapping[str, 
     return out
 
 
-def ensemble_call(ens_cfg: Mapping[str, Any], work: VideoWork, grounding: Sequence[pa.Table]
-                  ) -> tuple[pa.Table, pa.Table, Event]:
-    """(all variants' grounding table, the prediction table, event)."""
-
-    def run() -> tuple[pa.Table, pa.Table]:
-        g = adapters.concat_grounding(grounding)
-        pred = adapters.ensemble(g, ens_cfg)
-        return g, validate(pred, PREDICTION_SCHEMA, f"prediction of {work.video_id!r}")
-
-    (g, pred), ev = timed("ensemble", work.video_id, "all", run, video_frames=work.video.num_frames,
-                          completes="grounding")
-    return g, pred, ev
+def ensemble_call(ens_cfg: Mapping[str, Any], work: VideoWork, grounding: Sequence[pa.Table]) -> tuple[pa.Table, pa.Table]:
+    """(all variants' grounding table, the prediction table)."""
+    g = adapters.concat_grounding(grounding)
+    return g, validate(adapters.ensemble(g, ens_cfg), PREDICTION_SCHEMA, f"prediction of {work.video_id!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,9 +348,11 @@ def score_video(cfg: Mapping[str, Any], work: VideoWork, tracklets: pa.Table, pr
 
 
 def finish_video(run_uri: str, cfg: Mapping[str, Any], work: VideoWork, every: pa.Table, kept: pa.Table,
-                 grounding: pa.Table, prediction: pa.Table, events: Sequence[Event]) -> dict[str, Any]:
+                 grounding: pa.Table, prediction: pa.Table, events: Sequence[Event],
+                 passes: Sequence[Mapping[str, Mapping[str, int]]] = ()) -> dict[str, Any]:
     """Write the video's tables, submission PNGs and (``run.score``, annotated splits) metrics,
-    then ``done.json`` last. ``cfg`` is the run's config as a plain dict.
+    then ``done.json`` last. ``cfg`` is the run's config as a plain dict; ``passes``: the
+    grounding calls' encoder passes (summed into the record's ``encoder_passes``).
 
     Returns the small done record the driver keeps (counts, per-stage seconds, mean J&F)."""
     rd = RunDir(run_uri)
@@ -398,7 +368,7 @@ def finish_video(run_uri: str, cfg: Mapping[str, Any], work: VideoWork, every: p
         record: dict[str, Any] = {
             "expressions": len(work.expressions), "frames": work.video.num_frames, "pngs": pngs,
             "tracklets": _num_tracklets(every), "kept": _num_tracklets(kept),
-            "encoder_passes": _sum_passes(events)}
+            "encoder_passes": _sum_passes(passes)}
         if scored is not None:
             rd.write_table(vid, "metrics", scored[0])
             record["annotated_frames"] = scored[1]
@@ -415,11 +385,10 @@ def finish_video(run_uri: str, cfg: Mapping[str, Any], work: VideoWork, every: p
     return record
 
 
-def _sum_passes(events: Sequence[Event]) -> dict[str, dict[str, int]]:
+def _sum_passes(passes: Sequence[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
     total: dict[str, dict[str, int]] = {"visual": {}, "text": {}}
-    for e in events:
-        if "encoders" in e:
-            total = add_passes(total, e["encoders"])
+    for p in passes:
+        total = add_passes(total, p)
     return total
 
 

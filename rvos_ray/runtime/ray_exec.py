@@ -40,8 +40,9 @@ from omegaconf import DictConfig, OmegaConf
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from rvos_ray.runtime import graph, ray_session, resume
+from rvos_ray.runtime import graph, ray_session
 from rvos_ray.runtime import pipeline as pl
+from rvos_ray.runtime import run_lifecycle as lifecycle
 from rvos_ray.runtime.placement import (
     ActorRequest,
     NodeResources,
@@ -153,9 +154,9 @@ class ModelActor:
             raise self.error
         return self.model
 
-    def call(self, run: Callable[..., Any], *args: Any) -> Any:
-        """One call of a video's graph on this actor's model: ``run(model, *args)``."""
-        return run(self._model(), *args)
+    def call(self, call: graph.Call, *args: Any) -> Any:
+        """One call of a video's graph on this actor's model (timed: outputs, then its event)."""
+        return graph.execute(call, self._model(), *args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,10 +165,10 @@ class ModelActor:
 
 
 @ray.remote
-def run_task(run: Callable[..., Any], *args: Any) -> Any:
-    """One CPU call of a video's graph (pooling, NMS, ensemble, writer): ``run(None, *args)``."""
+def run_task(call: graph.Call, *args: Any) -> Any:
+    """One CPU call of a video's graph (pooling, NMS, ensemble, writer), timed like any call."""
     _on_node()
-    return run(None, *args)
+    return graph.execute(call, None, *args)
 
 
 def failure_of(video_id: str, err: BaseException, stage: str) -> Failure:
@@ -177,8 +178,8 @@ def failure_of(video_id: str, err: BaseException, stage: str) -> Failure:
     if isinstance(err, ray.exceptions.RayTaskError):
         cause = getattr(err, "cause", None) or err
         tb = _ANSI.sub("", str(getattr(err, "traceback_str", "") or text))  # the worker's traceback
-        return resume.failure_from(video_id, stage, cause, tb)
-    return resume.failure_from(video_id, stage, err, text)  # an actor or node lost for good, ...
+        return lifecycle.failure_from(video_id, stage, cause, tb)
+    return lifecycle.failure_from(video_id, stage, err, text)  # an actor or node lost for good, ...
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -343,10 +344,10 @@ class RayExecutor:
         args = [v.refs[a] if isinstance(a, graph.Out) else a for a in call.args]
         if call.pool is not None:
             actor = self._next(call.pool, self.pools[call.pool])
-            refs = actor.call.options(num_returns=call.returns).remote(call.run, *args)
+            refs = actor.call.options(num_returns=call.returns).remote(call, *args)
         else:
             opts = self._writer_opts() if call.writer else self._cpu_opts()
-            refs = run_task.options(num_returns=call.returns, **opts).remote(call.run, *args)
+            refs = run_task.options(num_returns=call.returns, **opts).remote(call, *args)
         refs = list(refs) if call.returns > 1 else [refs]
         for i, ref in enumerate(refs):
             v.refs[call.out(i)] = ref
@@ -381,12 +382,12 @@ class RayExecutor:
             self._use(cfg)
         cfg = self.cfg
         split = pl.load_split(cfg)  # a bad data root or selection fails before the run dir is touched
-        self.rd: RunDir = resume.start_run(cfg)
+        self.rd: RunDir = lifecycle.start_run(cfg)
         works = list(split.works)
-        p = resume.plan(self.rd, split, cfg.run.resume)
-        out = resume.Outcome(executor="ray")
+        p = lifecycle.plan(self.rd, split, cfg.run.resume)
+        out = lifecycle.Outcome(executor="ray")
         out.event("run_start", videos=len(p.ids), todo=len(p.todo), skipped=len(p.skipped))
-        resume.record_invalid(self.rd, p, out, _failed)
+        lifecycle.record_invalid(self.rd, p, out, _failed)
         out.timings = {"setup_s": 0.0, "loop_s": 0.0}
         if p.todo:
             if not self.placements:
@@ -398,7 +399,7 @@ class RayExecutor:
             self._loop(p, out, progress)
             out.timings["loop_s"] = time.perf_counter() - t0
         out.event("run_end")
-        return resume.finish_run(self.rd, cfg, works, p, out)
+        return lifecycle.finish_run(self.rd, cfg, works, p, out)
 
     def _use(self, cfg: DictConfig) -> None:
         c = OmegaConf.to_container(cfg, resolve=True)
@@ -409,7 +410,7 @@ class RayExecutor:
                                  "make a new RayExecutor for this config")
         self.cfg, self.c = cfg, c
 
-    def _loop(self, p: resume.Plan, out: resume.Outcome, progress: bool) -> None:
+    def _loop(self, p: lifecycle.Plan, out: lifecycle.Outcome, progress: bool) -> None:
         """Submit videos (at most ``ray.max_videos_in_flight`` at once) and follow every call of
         their graphs until each video is done or failed.
 
@@ -456,7 +457,7 @@ class RayExecutor:
                 try:
                     self._plan(v, track)
                 except graph.PlanError as e:
-                    fail(v, resume.failure_from(v.work.video_id, e.stage, e.cause))
+                    fail(v, lifecycle.failure_from(v.work.video_id, e.stage, e.cause))
                     continue
                 self.on_phase("submitted", v.work.video_id)
             refs = list(track)
@@ -489,7 +490,7 @@ class RayExecutor:
                     try:
                         new = self._plan(v, track)
                     except graph.PlanError as e:
-                        fail(v, resume.failure_from(vid, e.stage, e.cause))
+                        fail(v, lifecycle.failure_from(vid, e.stage, e.cause))
                         continue
                     out.event("fan_out", vid)  # the calls planned on that value are submitted
                     self.on_phase(new[0].stage if new else "fan_out", vid)
@@ -511,10 +512,10 @@ class RayExecutor:
                 for v in list(active.values()):
                     stages = [c.stage for c in track.values() if c.video is v]
                     stage = min(stages, key=pl.STAGES.index) if stages else "unknown"
-                    fail(v, resume.failure_from(v.work.video_id, stage, err, report))
+                    fail(v, lifecycle.failure_from(v.work.video_id, stage, err, report))
                 while queue:
                     v = queue.popleft()
-                    fail(v, resume.failure_from(v.work.video_id, "not started", err, report))
+                    fail(v, lifecycle.failure_from(v.work.video_id, "not started", err, report))
         bar.close()
 
     def stall_report(self, track: dict[Any, _Call], waited: float) -> str:

@@ -86,7 +86,7 @@ class RunCache:
 
     @property
     def protocol_view(self) -> SimpleNamespace:
-        """What :func:`rvos_ray.runtime.resume.split_scores` reads of the config
+        """What :func:`rvos_ray.runtime.run_lifecycle.split_scores` reads of the config
         (``evaluation.protocol``), without building an OmegaConf tree per trial."""
         return SimpleNamespace(evaluation=SimpleNamespace(protocol=str(self.cfg["evaluation"]["protocol"])))
 
@@ -238,7 +238,7 @@ def pair_metrics_task(item: tuple) -> pa.Table:
 
 def _run_scores(rd: RunDir, cfg: DictConfig, works: list[pl.VideoWork]) -> dict[str, float]:
     """The run's own J, F, J&F over the scored videos, aggregated as the run aggregates."""
-    from rvos_ray.runtime.resume import split_scores
+    from rvos_ray.runtime.run_lifecycle import split_scores
 
     parts = [rd.read_table(w.video_id, "metrics") for w in works]
     metrics = pa.concat_tables(parts).sort_by([("video", "ascending"), ("exp_id", "ascending")])

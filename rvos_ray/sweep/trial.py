@@ -3,7 +3,7 @@
 No model runs here (the trial is wrapped in :func:`rvos_ray.sweep.guard.forbid_models`), and
 nothing is re-implemented: tracklet-NMS is :func:`rvos_ray.stages.tracklet_nms.nms_tracklets`,
 the ensemble is :func:`rvos_ray.stages.ensemble.ensemble`, and the split's J, F, J&F are
-aggregated by :func:`rvos_ray.runtime.resume.split_scores` from per-expression metrics looked
+aggregated by :func:`rvos_ray.runtime.run_lifecycle.split_scores` from per-expression metrics looked
 up in the cache's pair metrics (computed by the runtime's scorer path). With the run's own
 settings a trial therefore reproduces the run's J&F exactly.
 
@@ -161,7 +161,7 @@ def _restrict(grounding: pa.Table, kept: dict[str, set[int]]) -> pa.Table:
 
 def run_trial(cache: RunCache, settings: TrialSettings, missing_grounding: str = "drop") -> dict[str, Any]:
     """Scores of one trial: J, F, J&F (NaN when refused) and bookkeeping for the leaderboard."""
-    from rvos_ray.runtime.resume import split_scores
+    from rvos_ray.runtime.run_lifecycle import split_scores
 
     t0 = time.perf_counter()
     kept = kept_by_nms(cache, settings.nms)

@@ -1,6 +1,7 @@
-"""What a run has to do, and what it did: resume planning and the split-level finish.
-
-Shared by both executors. Resume is by manifest, never by position: a video is finished when
+"""A run's life around its videos, shared by both executors: start it (the run directory and
+its config), plan it (what is left to do: a re-run skips finished videos), record broken
+inputs and failures, and finish it (merged tables, the submission zip, ``summary.json``, the
+event log and the HTML report). Resume is by manifest, never by position: a video is finished when
 its ``done.json`` exists in the run directory (written last, after its tables and PNGs), so a
 re-run of the same command skips exactly the finished videos, and redoes a video that failed
 or was interrupted half-way.
