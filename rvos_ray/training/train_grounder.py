@@ -189,6 +189,8 @@ def _fit(loop_cfg: dict, tc, storage: Path, phase: str):
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from rvos_ray.training.loopback_ddp import LoopbackTorchConfig
+
     run_config = ray.train.RunConfig(
         name=phase,
         storage_path=str(storage),
@@ -201,8 +203,10 @@ def _fit(loop_cfg: dict, tc, storage: Path, phase: str):
         # Ray Train v1 starts a run afresh; hand it the phase's latest checkpoint. (v2 resumes a
         # run of the same name and storage path by itself.)
         kwargs["resume_from_checkpoint"] = latest_checkpoint(storage / phase)
+    # on one node the DDP rendezvous and gloo stay on loopback (Ray Train's own opens a
+    # TCPStore on every interface)
     trainer = TorchTrainer(_train_loop, train_loop_config=loop_cfg, scaling_config=scaling,
-                           run_config=run_config, **kwargs)
+                           run_config=run_config, torch_config=LoopbackTorchConfig(), **kwargs)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"train-grounder {phase}: Ray Train reported no checkpoint")
