@@ -34,6 +34,7 @@ from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.stages.keyframes import keyframes_of
 from rvos_ray.telemetry import metrics as telemetry
 from rvos_ray.types import (
+    GROUNDING_SCHEMA,
     METRICS_SCHEMA,
     PREDICTION_SCHEMA,
     TRACKLET_SCHEMA,
@@ -249,8 +250,10 @@ def concat_tracklets(tables: Sequence[pa.Table]) -> pa.Table:
 
 def nms_call(nms_cfg: Mapping[str, Any], video: Video, tables: Sequence[pa.Table]) -> tuple[pa.Table, pa.Table]:
     """(all tracklets of the video, the tracklets NMS keeps)."""
+    from rvos_ray.stages.tracklet_nms import tracklet_nms
+
     every = concat_tracklets(tables)
-    return every, adapters.tracklet_nms(every, nms_cfg)
+    return every, tracklet_nms(every, nms_cfg)
 
 
 def ground_call(grounder: Any, work: VideoWork, tracklets: pa.Table) -> tuple[pa.Table, dict[str, dict[str, int]]]:
@@ -258,7 +261,7 @@ def ground_call(grounder: Any, work: VideoWork, tracklets: pa.Table) -> tuple[pa
     encoders) over every expression of the video (frames read by the stage); the passes are
     ``{"visual": {encoder: frames}, "text": {encoder: expressions}}`` of this call."""
     before = encoder_passes(grounder)
-    table = adapters.ground(grounder, work.video, work.expressions, tracklets)
+    table = grounder.ground(work.video, tracklets, list(work.expressions))
     return table, add_passes(encoder_passes(grounder), before, sign=-1)
 
 
@@ -280,8 +283,18 @@ def add_passes(a: Mapping[str, Mapping[str, int]], b: Mapping[str, Mapping[str, 
 
 def ensemble_call(ens_cfg: Mapping[str, Any], work: VideoWork, grounding: Sequence[pa.Table]) -> tuple[pa.Table, pa.Table]:
     """(all variants' grounding table, the prediction table)."""
-    g = adapters.concat_grounding(grounding)
-    return g, validate(adapters.ensemble(g, ens_cfg), PREDICTION_SCHEMA, f"prediction of {work.video_id!r}")
+    from rvos_ray.stages.ensemble import Ensembler
+
+    g = concat_grounding(grounding)
+    return g, validate(Ensembler(ens_cfg).combine(g), PREDICTION_SCHEMA, f"prediction of {work.video_id!r}")
+
+
+def concat_grounding(tables: Sequence[pa.Table]) -> pa.Table:
+    """Every variant's grounding rows of one video, in a fixed order (variant-major)."""
+    if not tables:
+        return GROUNDING_SCHEMA.empty_table()
+    t = pa.concat_tables(list(tables)).combine_chunks()
+    return t.sort_by([(k, "ascending") for k in ("exp_id", "variant", "frame", "tracklet_id")])
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,6 +368,8 @@ def finish_video(run_uri: str, cfg: Mapping[str, Any], work: VideoWork, every: p
     grounding calls' encoder passes (summed into the record's ``encoder_passes``).
 
     Returns the small done record the driver keeps (counts, per-stage seconds, mean J&F)."""
+    from rvos_ray.data.submission import write_predictions
+
     rd = RunDir(run_uri)
 
     def run() -> dict[str, Any]:
@@ -363,7 +378,7 @@ def finish_video(run_uri: str, cfg: Mapping[str, Any], work: VideoWork, every: p
         rd.write_table(vid, "tracklets", kept)
         rd.write_table(vid, "grounding", grounding)
         rd.write_table(vid, "prediction", prediction)
-        pngs = adapters.write_submission_video(rd.submission_dir, work.video, kept, prediction, work.expressions)
+        pngs = write_predictions(rd.submission_dir, kept, prediction, work.video, work.expressions)
         scored = score_video(cfg, work, kept, prediction) if cfg["run"]["score"] else None
         record: dict[str, Any] = {
             "expressions": len(work.expressions), "frames": work.video.num_frames, "pngs": pngs,

@@ -18,7 +18,6 @@ from typing import Any
 from omegaconf import DictConfig
 
 from rvos_ray.data import io as fio
-from rvos_ray.runtime import stage_adapters as adapters
 from rvos_ray.runtime.pipeline import Split, VideoWork, add_passes
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.types import Failure
@@ -106,7 +105,9 @@ def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan,
     rd.write_failures_table(failures)
     if cfg.run.submission_zip:
         if finished:
-            adapters.write_submission_zip(rd.submission_dir, rd.submission_zip, str(cfg.data.dataset))
+            from rvos_ray.data.submission import zip_submission
+
+            zip_submission(rd.submission_dir, rd.submission_zip, dataset=str(cfg.data.dataset))
 
     events = list(out.driver_events)
     for v in finished:

@@ -1,7 +1,6 @@
-"""Thin adapters from the runtime to the stage, data and evaluation modules.
+"""The runtime's builders: a split's reader and scorer (cached per process), and the models of
+the graph's pools (segmenters, the propagator, grounding groups) from their config sections.
 
-The runtime calls the stages only through these functions, so an executor never depends on a
-stage module's internals and a change of a stage's entry point is a one-line change here.
 Every import is lazy: building an actor imports only what that actor needs.
 """
 
@@ -10,10 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
-
-import pyarrow as pa
-
-from rvos_ray.types import GROUNDING_SCHEMA, Expression, Video
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -85,52 +80,3 @@ def grounder_groups(grounding: Mapping[str, Any]) -> list[tuple[str, ...]]:
 def group_name(group: Sequence[str]) -> str:
     """A grounder group's name in events, telemetry tags and actor names: its variants, joined."""
     return "+".join(group)
-
-
-# --------------------------------------------------------------------------------------------
-# Stage calls
-# --------------------------------------------------------------------------------------------
-
-
-def tracklet_nms(tracklets: pa.Table, nms_cfg: Mapping[str, Any]) -> pa.Table:
-    from rvos_ray.stages.tracklet_nms import tracklet_nms as nms
-
-    return nms(tracklets, nms_cfg)
-
-
-def ground(grounder: Any, video: Video, expressions: Sequence[Expression], tracklets: pa.Table) -> pa.Table:
-    return grounder.ground(video, tracklets, list(expressions))
-
-
-def concat_grounding(tables: Sequence[pa.Table]) -> pa.Table:
-    """Every variant's grounding rows of one video, in a fixed order (variant-major)."""
-    if not tables:
-        return GROUNDING_SCHEMA.empty_table()
-    t = pa.concat_tables(list(tables)).combine_chunks()
-    return t.sort_by([(k, "ascending") for k in ("exp_id", "variant", "frame", "tracklet_id")])
-
-
-def ensemble(grounding: pa.Table, ens_cfg: Mapping[str, Any]) -> pa.Table:
-    from rvos_ray.stages.ensemble import Ensembler
-
-    return Ensembler(ens_cfg).combine(grounding)
-
-
-# --------------------------------------------------------------------------------------------
-# Scoring and submission
-# --------------------------------------------------------------------------------------------
-
-
-def write_submission_video(submission_dir: str, video: Video, tracklets: pa.Table, prediction: pa.Table,
-                           expressions: Sequence[Expression]) -> int:
-    """``Annotations/<vid>/<exp_id>/<frame>.png`` (0/255) for every expression and frame."""
-    from rvos_ray.data.submission import write_predictions
-
-    return write_predictions(submission_dir, tracklets, prediction, video, expressions)
-
-
-def write_submission_zip(submission_dir: str, zip_uri: str, dataset: str = "refytvos") -> int:
-    """The zip in ``dataset``'s server layout (MeViS: the video folders at the zip root)."""
-    from rvos_ray.data.submission import zip_submission
-
-    return zip_submission(submission_dir, zip_uri, dataset=dataset)
