@@ -25,6 +25,7 @@ What runs is :mod:`rvos_ray.runtime.pipeline`; this module decides where and whe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -342,6 +343,7 @@ class RayExecutor:
 
     def _submit(self, v: _Video, call: graph.Call, track: dict[Any, _Call]) -> None:
         args = [v.refs[a] if isinstance(a, graph.Out) else a for a in call.args]
+        call = dataclasses.replace(call, args=())  # its args travel once, resolved
         if call.pool is not None:
             actor = self._next(call.pool, self.pools[call.pool])
             refs = actor.call.options(num_returns=call.returns).remote(call, *args)
