@@ -107,16 +107,17 @@ def test_joining_sets_nothing_and_a_local_start_sets_loopback_and_token(monkeypa
 
 
 def test_a_local_ray_is_sized_for_the_actors_it_will_place():
-    """configs/tiny.yaml asks for 2 segmenters, 1 propagator, 2 grounders at 1 CPU each and a
-    task slot: a local Ray declares 6 logical CPUs even on a 2-core machine."""
+    """configs/tiny.yaml asks for 2 segmenters, 1 propagator, 1 grounding actor (its two
+    variants share their encoders) at 1 CPU each and a task slot: a local Ray declares 5
+    logical CPUs even on a 2-core machine."""
     from omegaconf import OmegaConf
 
     from rvos_ray.config import load_config
     from rvos_ray.runtime.placement import local_node_size, requests_of
 
     c = OmegaConf.to_container(load_config(REPO / "configs" / "tiny.yaml"), resolve=True)
-    assert local_node_size(requests_of(c), 2) == (6, {})
+    assert local_node_size(requests_of(c), 2) == (5, {})
     assert local_node_size(requests_of(c), 16) == (16, {})
     c["propagation"]["resources"].update(replicas=3, num_cpus=0.5, custom={"prop": 1})
     cpus, custom = local_node_size(requests_of(c), 2)
-    assert (cpus, custom) == (7, {"prop": 3.0})  # 2 + 1.5 + 2 + 1 = 6.5 -> 7
+    assert (cpus, custom) == (6, {"prop": 3.0})  # 2 + 1.5 + 1 + 1 = 5.5 -> 6
