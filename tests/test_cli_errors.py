@@ -63,7 +63,7 @@ def test_a_placement_error_is_one_message_and_debug_shows_the_traceback(data, tm
     args = ("run", "--config", "configs/tiny.yaml", f"data.root={data}", f"run.dir={tmp_path / 'run'}",
             "ray.num_cpus=1", "--no-progress")
     r = _cli(*args)
-    _one_clean_error(r, "rvos-ray run", "cannot place the model actors", "CPU: 6 requested, 1 in the cluster")
+    _one_clean_error(r, "rvos-ray run", "cannot place the model actors", "CPU: 5 requested, 1 in the cluster")
     r = _cli(*args, "--debug")
     assert r.returncode != 0 and "Traceback" in r.stderr and "PlacementError" in r.stderr
 
