@@ -25,8 +25,9 @@ argument an ObjectRef.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from rvos_ray.runtime import pipeline as pl
@@ -129,7 +130,7 @@ class VideoGraph:
         self.waiting = None
         while self.node < len(NODES):
             try:
-                calls = list(NODES[self.node].plan(self))
+                calls = NODES[self.node].plan(self)
             except NeedValue as e:
                 self.waiting = e.out
                 break
@@ -168,7 +169,7 @@ def execute(call: Call, model: Any, *args: Any) -> Any:
 @dataclass(frozen=True)
 class Node:
     stage: str
-    plan: Callable[[VideoGraph], Iterator[Call] | list[Call]]
+    plan: Callable[[VideoGraph], list[Call]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,15 +177,19 @@ class Node:
 # --------------------------------------------------------------------------------------------
 
 
+def _keyframe_batches(g: VideoGraph) -> tuple[list[int], list[list[int]]]:
+    return pl.keyframe_batches(g.video, g.c["keyframes"]["k"], g.c["segmentation"]["resources"]["batch_size"])
+
+
 def _segmentation(g: VideoGraph) -> list[Call]:
-    _, batches = pl.keyframe_batches(g.video, g.c["keyframes"]["k"], g.c["segmentation"]["resources"]["batch_size"])
+    _, batches = _keyframe_batches(g)
     return [g.call("segmentation", f"{name}@{','.join(map(str, frames))}", pl.segment_call, (VIDEO, frames), 1,
                    ("segmentation", name), model=name)
             for name in _model_names(g.c) for frames in batches]
 
 
 def _pooling(g: VideoGraph) -> list[Call]:
-    keyframes, _ = pl.keyframe_batches(g.video, g.c["keyframes"]["k"], g.c["segmentation"]["resources"]["batch_size"])
+    keyframes, _ = _keyframe_batches(g)
     seg = g.by_stage["segmentation"]
     return [g.call("pooling", "all", _pool, (VIDEO, keyframes, len(_model_names(g.c)), *(c.out(0) for c in seg)),
                    len(keyframes) + 1, frames=True, completes="segmentation")]
@@ -279,21 +284,14 @@ def pools_of(c: Mapping[str, Any]) -> list[Pool]:
     seed = int(c["run"]["seed"])
     seg, prop, gnd = (Resources.of(c[s]) for s in ("segmentation", "propagation", "grounding"))
     out = [Pool(("segmentation", str(m["name"])), "segmentation", str(m["name"]), seg,
-                _builder(adapters.build_segmenter, m, f"segmentation.models[{i}]"))
+                partial(adapters.build_segmenter, m, f"segmentation.models[{i}]"))
            for i, m in enumerate(c["segmentation"]["models"])]
-    out.append(Pool(("propagation",), "propagation", "propagator", prop, _builder(adapters.build_propagator,
+    out.append(Pool(("propagation",), "propagation", "propagator", prop, partial(adapters.build_propagator,
                                                                                   c["propagation"])))
     out += [Pool(("grounding", adapters.group_name(grp)), "grounding", adapters.group_name(grp), gnd,
-                 _builder(adapters.build_grounder, grp, c["grounding"], seed))
+                 partial(adapters.build_grounder, grp, c["grounding"], seed))
             for grp in adapters.grounder_groups(c["grounding"])]
     return out
-
-
-def _builder(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    def build() -> Any:
-        return fn(*args)
-
-    return build
 
 
 def _model_names(c: Mapping[str, Any]) -> list[str]:

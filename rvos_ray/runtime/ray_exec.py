@@ -334,6 +334,8 @@ class RayExecutor:
         for call in new:
             self._submit(v, call, track)
             tel.submitted(call.stage, 1, video_id=v.work.video_id, **call.tags)
+        if v.graph.done:
+            v.refs = {}  # all submitted: each output lives as long as a call that consumes it needs it
         waiting = v.graph.waiting
         if waiting is not None:
             by = next(c for c in v.graph.calls if c.id == waiting.call)
