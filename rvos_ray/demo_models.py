@@ -102,21 +102,29 @@ def visual_init(out: str, model: str = "resnet18", out_index: int = 2, seed: int
     return {"out": out, "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values()))}
 
 
-def package(runs: str, out: str, grounders: list[str]) -> dict[str, Any]:
-    """Copy the trained files under ``runs`` into ``out`` and write ``out/MANIFEST.json``."""
+def package(runs: str, out: str, grounders: list[str], keep_shipped: bool = False) -> dict[str, Any]:
+    """Copy the trained files under ``runs`` into ``out`` and write ``out/MANIFEST.json``.
+    ``grounders``: variant names, ``name:seed`` for a variant trained with
+    ``train_grounder.seed=seed``. ``keep_shipped``: a file not under ``runs`` keeps the copy and
+    manifest entry already in ``out`` (to add models without retraining the others)."""
     runs_p, out_p = Path(runs), Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
+    old = json.loads((out_p / "MANIFEST.json").read_text())["files"] if keep_shipped else {}
     products = {k: dict(v) for k, v in PRODUCTS.items()}
-    for name in grounders:
+    for spec in grounders:
+        name, _, seed = spec.partition(":")
         products[f"grounder_{name}.pt"] = {
             "source": f"grounders/{name}/grounder.pt",
-            "command": GROUNDER_COMMAND.format(name=name),
+            "command": GROUNDER_COMMAND.format(name=name) + (f" train_grounder.seed={seed}" if seed else ""),
             "config": GROUNDER_CONFIG,
-            "seed": 0,
+            "seed": int(seed or 0),
         }
     entries = {}
     for asset, info in products.items():
         src = runs_p / info["source"]
+        if not src.is_file() and asset in old and (out_p / asset).is_file():
+            entries[asset] = old[asset]
+            continue
         if not src.is_file():
             raise FileNotFoundError(f"{src}: missing; run `make demo-models` (it trains every demo model)")
         dst = out_p / asset
@@ -189,13 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("package", help="copy trained checkpoints into the assets folder + MANIFEST.json")
     k.add_argument("--runs", default="runs/demo-models")
     k.add_argument("--out", default=str(ASSETS))
-    k.add_argument("--grounders", nargs="+", required=True, help="grounder variant names")
+    k.add_argument("--grounders", nargs="+", required=True,
+                   help="grounder variant names (name:seed for one trained with train_grounder.seed=seed)")
+    k.add_argument("--keep-shipped", action="store_true",
+                   help="keep the shipped copy of a model not found under --runs (add models without retraining)")
     sub.add_parser("verify", help="check the committed assets against MANIFEST.json")
     a = p.parse_args(argv)
     if a.cmd == "visual-init":
         print(json.dumps(visual_init(a.out, a.model, a.out_index, a.seed)))
     elif a.cmd == "package":
-        m = package(a.runs, a.out, a.grounders)
+        m = package(a.runs, a.out, a.grounders, a.keep_shipped)
         for name, info in m["files"].items():
             print(f"{name:28s} {info['bytes']:>10d} B  sha256 {info['sha256'][:16]}")
     else:
