@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -72,10 +72,21 @@ class SegmentationConfig:
 
 
 @dataclass
+class AvoidConfig:
+    """Propagation work avoided (rvos_ray/stages/prune.py); all off: the paper."""
+
+    duplicate_iou: Optional[float] = None  # merge same-keyframe candidates above this mask IoU
+    covered_iou: Optional[float] = None  # skip candidates an earlier keyframe's tracklet covers
+    feature_cache_frames: int = 0  # frames whose backbone features a propagator keeps for the
+    # video's later calls (cfbi); 0 = none
+
+
+@dataclass
 class PropagationConfig:
     backend: str = "cfbi"  # cfbi | sam2
     options: dict[str, Any] = field(default_factory=dict)  # the backend's typed options
     candidates_per_call: int = 8  # chunk of candidates one propagation call handles
+    avoid: AvoidConfig = field(default_factory=AvoidConfig)
     resources: Resources = field(default_factory=Resources)
 
 

@@ -191,8 +191,8 @@ def test_sweeps_over_a_real_pipeline_run(ablation, tmp_path, capsys):
     assert sweep_exec.init_sweep_ray(OmegaConf.structured(SweepConfig), None, 2)
     try:
         full = tmp_path / "full.yaml"
-        full.write_text("name: full\nspace:\n  keyframes.k: {grid: [1]}\nallow_full_pipeline: true\n"
-                        "full_pipeline_resources: {cpu: 1}\n")
+        full.write_text("name: full\nspace:\n  keyframes.k: {grid: [1]}\n  propagation.avoid.covered_iou: {grid: [0.5]}\n"
+                        "allow_full_pipeline: true\nfull_pipeline_resources: {cpu: 1}\n")
         assert sweep_cli.main(["--run", str(run), "--config", str(full)]) == 0
         capsys.readouterr()
     finally:
@@ -206,4 +206,5 @@ def test_sweeps_over_a_real_pipeline_run(ablation, tmp_path, capsys):
     from rvos_ray.sweep.cache import load_run_config
 
     # the trial ran the whole pipeline into its own run directory, with the trial's K
-    assert load_run_config(RunDir(lb.loc["full", "run_dir"])).keyframes.k == 1
+    trial = load_run_config(RunDir(lb.loc["full", "run_dir"]))
+    assert trial.keyframes.k == 1 and trial.propagation.avoid.covered_iou == 0.5

@@ -193,7 +193,7 @@ def test_cfbi_propagation_calls_chunks_and_ids(tmp_path):
     prop = _propagator()
     pooled = [_candidates(0, 3), _candidates(2, 3)]
     calls = pl.propagation_plan([len(c) for c in pooled], 2)
-    table = pl.concat_tracklets([pl.propagate_call(prop, video, pooled[x.keyframe_index], x) for x in calls])
+    table = pl.concat_tracklets([pl.propagate_call(prop, video, pooled[x.keyframe_index], x)[0] for x in calls])
     assert sorted(set(table["tracklet_id"].to_pylist())) == list(range(6))
     assert table.num_rows == 6 * 3
     assert prop.backbone_forward_passes == 4 * 3  # 2 keyframes x 2 calls, T frames each
@@ -228,3 +228,63 @@ def test_cfbi_checkpoint_round_trip(tmp_path):
         build_propagator({"backend": "cfbi", "options": {"checkpoint": str(tmp_path / "nope.pt")}})
     with pytest.raises(ConfigError, match="unknown key 'bogus'"):
         build_propagator({"backend": "cfbi", "options": {"bogus": 1}})
+
+
+# ---------------------------------------------------------------------------------------------
+# propagation work avoided (propagation.avoid; rvos_ray/stages/prune.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_same_keyframe_duplicates_merge_into_the_higher_score():
+    from rvos_ray.stages.prune import merge_duplicates
+
+    c = _candidates(0, 3)
+    sq = masks.decode(c.rles[0], H, W).copy()
+    sq[10:24, 17] = 0  # the same square (columns 4-17), one column short: IoU 13/14
+    dup = Candidates("vid", 0, H, W, (c.rles[0], masks.encode(sq), c.rles[1]), (0.4, 0.8, 0.6), (1, 1, 2),
+                     ("htc", "condinst", "htc"))
+    out = merge_duplicates(dup, 0.7)
+    assert out.rles == (dup.rles[1], dup.rles[2]) and out.scores == (0.8, 0.6)  # order kept
+    assert out.sources == ("condinst", "htc") and out.labels == (1, 2)
+    assert merge_duplicates(dup, 0.95) == dup  # IoU 0.93 is not above 0.95
+    assert merge_duplicates(c, 0.5) == c  # an empty mask overlaps nothing
+
+
+def test_covered_candidates_are_not_propagated_and_keep_their_ids(tmp_path):
+    """Keyframe 2's square and bar are what keyframe 0's tracklets already hold at frame 2: only
+    its third (empty) candidate is propagated, under the id the plan gave it."""
+    video = _video(tmp_path, 5)
+    early = TrackletBuilder(video, _candidates(0, 5), [0, 1, 2])
+    for t in range(5):
+        early.record(t, list(_candidates(t, 5).rles), [1.0, 1.0, 0.0])
+    earlier = early.table()
+    prop = _propagator()
+    call = pl.PropagationCall(1, 0, 3, 3)
+    table, passes = pl.propagate_call(prop, video, _candidates(2, 5), call, 0.5, earlier)
+    assert sorted(set(table["tracklet_id"].to_pylist())) == [5]
+    assert passes == {"propagation": {"backbone": 5}}
+    every, _ = pl.propagate_call(prop, video, _candidates(2, 5), call)  # off: all three
+    assert sorted(set(every["tracklet_id"].to_pylist())) == [3, 4, 5]
+    assert pl.propagate_call(prop, video, _candidates(2, 5), call, 0.5)[0].num_rows == 15  # no earlier: all
+
+
+def test_feature_cache_reuses_frames_across_calls_with_identical_tables(tmp_path):
+    video = _video(tmp_path, 4)
+    plain = _propagator()
+    cached = build_propagator({**OmegaConf.to_container(load_config(ROOT / "configs" / "tiny.yaml").propagation),
+                               "avoid": {"feature_cache_frames": 8}} | {"options": {
+                                   **OmegaConf.to_container(load_config(ROOT / "configs" / "tiny.yaml")
+                                                            .propagation.options), "long_edge": 80}})
+    cached.model.load_state_dict(plain.model.state_dict())
+    calls = pl.propagation_plan([3, 3], 2)
+    pooled = [_candidates(0, 4), _candidates(2, 4)]
+    a = [pl.propagate_call(plain, video, pooled[x.keyframe_index], x) for x in calls]
+    b = [pl.propagate_call(cached, video, pooled[x.keyframe_index], x) for x in calls]
+    assert all(x[0].equals(y[0]) for x, y in zip(a, b))
+    assert [p["propagation"]["backbone"] for _, p in a] == [4, 4, 4, 4]
+    assert [p["propagation"].get("backbone", 0) for _, p in b] == [4, 0, 0, 0]  # every frame once
+
+
+def test_feature_cache_on_a_backend_without_one_is_a_config_error():
+    with pytest.raises(ConfigError, match="propagation.avoid.feature_cache_frames"):
+        build_propagator({"backend": "none", "options": {}, "avoid": {"feature_cache_frames": 4}})

@@ -103,6 +103,39 @@ def test_the_graph_plans_a_36_frame_video_at_paper_counts():
         bad.plan()
 
 
+def test_the_graph_orders_keyframes_when_covered_candidates_are_skipped():
+    """propagation.avoid.covered_iou: each keyframe's calls take every earlier keyframe's tables
+    (so they run after them) and a video's propagation calls share a replica; duplicate_iou
+    goes to the pooling call. Off (the default): neither, as in the paper."""
+    from omegaconf import OmegaConf
+
+    from rvos_ray.config import load_config
+    from rvos_ray.runtime import graph
+
+    work = VideoWork(video(36), (Expression("v", "0", "a thing", (1,)),))
+
+    def propagation(*overrides):
+        c = OmegaConf.to_container(load_config("configs/tiny.yaml", ["keyframes.k=7", *overrides]), resolve=True)
+        g = graph.VideoGraph(c, work, "/tmp/run")
+        pool = g.plan()[-1]
+        g.values[g.waiting] = [12] * 7
+        return pool, [x for x in g.plan() if x.stage == "propagation"]
+
+    pool, calls = propagation()
+    assert pool.args[3] is None and {x.affinity for x in calls} == {""}
+    assert all(len(x.args) == 4 and x.args[3] is None for x in calls)  # no earlier tables
+    pool, calls = propagation("propagation.avoid.covered_iou=0.5", "propagation.avoid.duplicate_iou=0.7")
+    assert pool.args[3] == 0.7 and {x.affinity for x in calls} == {"v"}
+    for x in calls:
+        k = x.args[2].keyframe_index
+        earlier = {a.call for a in x.args[4:]}
+        assert earlier == {y.id for y in calls if y.args[2].keyframe_index < k}
+    _, calls = propagation("propagation.avoid.feature_cache_frames=36")
+    assert {x.affinity for x in calls} == {"v"} and all(len(x.args) == 4 for x in calls)
+    paper = load_config("configs/paper.yaml").propagation.avoid  # paper-faithful: all off
+    assert (paper.duplicate_iou, paper.covered_iou, paper.feature_cache_frames) == (None, None, 0)
+
+
 def _tracklets(rows):
     cols = {k: [] for k in TRACKLET_SCHEMA.names}
     for tid, frame, source in rows:

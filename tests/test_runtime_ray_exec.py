@@ -142,6 +142,35 @@ def test_unreadable_frames_fail_one_video_and_the_rest_is_scored(executor, refer
     assert ref.filter(ref.column("video").to_numpy(zero_copy_only=False) != vid).equals(metrics)
 
 
+# propagation.avoid on, two propagator replicas; CPU-only, beside the module's executor
+AVOID = (*(o for o in PINNED if ".resources." not in o), "propagation.resources.replicas=2",
+         *(f"{s}.resources.num_cpus=0.25" for s in ("segmentation", "propagation", "grounding", "nms")),
+         "propagation.avoid.duplicate_iou=0.7", "propagation.avoid.covered_iou=0.3",
+         "propagation.avoid.feature_cache_frames=16")
+
+
+def test_propagation_work_avoided_gives_identical_tables_on_both_executors(local_ray, reference, data, tmp_path):
+    """Covered candidates skipped (keyframes in order: a call waits for the earlier keyframes'
+    tables), duplicates merged and frame features kept: Ray's tables equal the in-process ones,
+    and with a video's calls on one replica every frame is encoded once per video there too."""
+    local = tmp_path / "local"
+    ls = run_local(tiny_cfg(data, local, *AVOID), progress=False)
+    ex = RayExecutor(tiny_cfg(data, tmp_path / "unused", *AVOID))
+    try:
+        s = ex.run(tiny_cfg(data, tmp_path / "ray", *AVOID), progress=False)
+    finally:
+        for actors in ex.pools.values():
+            for a in actors:
+                ray.kill(a)
+    assert (s["done"], s["failed"], ls["done"]) == (VIDEOS, 0, VIDEOS)
+    assert_same_results(local, tmp_path / "ray")
+    frames = sum(json.loads(p.read_text())["frames"] for p in local.glob("videos/*/done.json"))
+    assert s["encoder_passes"] == ls["encoder_passes"]
+    assert ls["encoder_passes"]["propagation"]["backbone"] == frames
+    full = json.loads((reference / "summary.json").read_text())
+    assert full["encoder_passes"]["propagation"]["backbone"] > frames  # off: once per call
+
+
 def test_a_resource_the_cluster_lacks_is_a_placement_error(local_ray, data, tmp_path):
     cfg = tiny_cfg(data, tmp_path / "run", "grounding.resources.custom={gnd_a100: 1}")
     with pytest.raises(PlacementError) as e:

@@ -60,6 +60,11 @@ def test_model_axes_are_refused_unless_full_pipeline_is_allowed(tmp_path, data):
     allowed = OmegaConf.merge(sc, {"allow_full_pipeline": True})
     space = build_space(allowed, run_cfg, VARIANTS)
     assert space.full_pipeline and space.grid_size() == 4
+    # the shipped sweep of propagation work avoided: full-pipeline axes, null = off
+    work = build_space(load_sweep_config(REPO / "configs" / "sweeps" / "propagation_work.yaml"), run_cfg, VARIANTS)
+    assert work.full_pipeline and {a.key for a in work.axes} == {
+        "propagation.avoid.duplicate_iou", "propagation.avoid.covered_iou", "propagation.avoid.feature_cache_frames"}
+    assert work.grid_size() == 8
 
 
 def test_space_parsing_and_errors(tmp_path, data):

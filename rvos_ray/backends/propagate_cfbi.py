@@ -13,8 +13,9 @@ probability.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from rvos_ray import masks as rle
 from rvos_ray.data.errors import DataError
@@ -33,7 +34,13 @@ from rvos_ray.types import Candidates, Video
 
 
 class CFBIPropagator(ModelPropagator):
-    """Propagates keyframe candidates with a CFBI+ network (:mod:`rvos_ray.models.cfbi`)."""
+    """Propagates keyframe candidates with a CFBI+ network (:mod:`rvos_ray.models.cfbi`).
+
+    ``feature_cache_frames`` (``propagation.avoid``): the backbone features of that many recent
+    frames are kept (least recently used out), so a video's later calls on this propagator --
+    its other keyframes and candidate chunks -- do not encode the same frames again."""
+
+    FEATURE_CACHE = True
 
     @dataclass
     class Options:
@@ -46,12 +53,14 @@ class CFBIPropagator(ModelPropagator):
         device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
         num_threads: int = 0  # torch CPU threads; 0 = leave torch's default
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, feature_cache_frames: int = 0) -> None:
         import torch
 
         from rvos_ray.models.cfbi import CFBIPlus
 
         self.options = options
+        self.cache_frames = max(int(feature_cache_frames), 0)
+        self._features: OrderedDict[tuple, Any] = OrderedDict()
         if options.candidate_batch < 1:
             raise ConfigError(f"propagation.options.candidate_batch must be >= 1, got {options.candidate_batch}")
         if options.num_threads > 0:
@@ -113,13 +122,22 @@ class CFBIPropagator(ModelPropagator):
     def _encode(self, video: Video, t: int, size: tuple[int, int], frame_hw: tuple[int, int]):
         from rvos_ray.models.cfbi import preprocess
 
+        key = (video.video_id, video.frame_paths[t], size)
+        if key in self._features:
+            self._features.move_to_end(key)
+            return self._features[key]
         image = read_image(video.frame_paths[t])
         if image.shape[:2] != frame_hw:
             raise DataError(
                 f"{video.frame_paths[t]}: frame is {image.shape[0]}x{image.shape[1]}, the keyframe "
                 f"candidates are {frame_hw[0]}x{frame_hw[1]}"
             )
-        return self.model.encode(preprocess(image, size).to(self.device))
+        feats = self.model.encode(preprocess(image, size).to(self.device))
+        if self.cache_frames:
+            self._features[key] = feats
+            while len(self._features) > self.cache_frames:
+                self._features.popitem(last=False)
+        return feats
 
 
 def read_checkpoint(path: str) -> dict:

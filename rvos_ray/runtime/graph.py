@@ -66,6 +66,7 @@ class Call:
     tags: Mapping[str, str] = field(default_factory=dict)  # telemetry tags (model=, variant=)
     frames: int = 0  # the video's frames, when this call finishes its stage for the video
     completes: str = ""  # a fan-out stage this call consumes (done for the video as it starts)
+    affinity: str = ""  # calls of one pool with the same affinity run on the same replica
 
     @property
     def event(self) -> Out:
@@ -148,10 +149,11 @@ class VideoGraph:
         return self.values[out]
 
     def call(self, stage: str, item: str, run: Callable[..., Any], args: Sequence[Any], outputs: int,
-             pool: PoolKey | None = None, *, frames: bool = False, completes: str = "", **tags: str) -> Call:
+             pool: PoolKey | None = None, *, frames: bool = False, completes: str = "", affinity: str = "",
+             **tags: str) -> Call:
         """A call of this video (``frames``: it finishes its stage for the video)."""
         return Call(f"{stage}:{item}", stage, item, self.work.video_id, run, tuple(args), outputs, pool, dict(tags),
-                    self.video.num_frames if frames else 0, completes)  # items are unique per stage
+                    self.video.num_frames if frames else 0, completes, affinity)  # items are unique per stage
 
 
 def execute(call: Call, model: Any, *args: Any) -> Any:
@@ -191,24 +193,39 @@ def _segmentation(g: VideoGraph) -> list[Call]:
 def _pooling(g: VideoGraph) -> list[Call]:
     keyframes, _ = _keyframe_batches(g)
     seg = g.by_stage["segmentation"]
-    return [g.call("pooling", "all", _pool, (VIDEO, keyframes, len(_model_names(g.c)), *(c.out(0) for c in seg)),
+    duplicate_iou = g.c["propagation"]["avoid"]["duplicate_iou"]
+    return [g.call("pooling", "all", _pool, (VIDEO, keyframes, len(_model_names(g.c)), duplicate_iou,
+                                             *(c.out(0) for c in seg)),
                    len(keyframes) + 1, frames=True, completes="segmentation")]
 
 
-def _pool(_: Any, video: Any, keyframes: Sequence[int], n_models: int, *batches: Any) -> tuple[Any, ...]:
+def _pool(_: Any, video: Any, keyframes: Sequence[int], n_models: int, duplicate_iou: float | None,
+          *batches: Any) -> tuple[Any, ...]:
     """(each keyframe's pooled candidates, ..., their counts): ``batches`` are every model's
     segment results, model by model (each keyframe's candidates become an object of its own)."""
     per = len(batches) // max(n_models, 1)
-    pooled, counts = pl.pool_call(video, keyframes, [batches[m * per : (m + 1) * per] for m in range(n_models)])
+    pooled, counts = pl.pool_call(video, keyframes, [batches[m * per : (m + 1) * per] for m in range(n_models)],
+                                  duplicate_iou)
     return (*pooled, counts)
 
 
 def _propagation(g: VideoGraph) -> list[Call]:
+    """Per keyframe x chunk. With ``propagation.avoid.covered_iou`` a keyframe's calls also take
+    the tracklets of every earlier keyframe (so they run after them) and skip the candidates
+    those already cover; the calls of a video then share a replica (``affinity``), as they do
+    when the propagator keeps frame features for later calls (``feature_cache_frames``)."""
     pool = g.by_stage["pooling"][0]
     counts = g.value(pool.out(pool.outputs - 1))
-    return [g.call("propagation", f"keyframe {x.keyframe_index} candidates [{x.start}:{x.stop}]", pl.propagate_call,
-                   (VIDEO, pool.out(x.keyframe_index), x), 1, ("propagation",))
-            for x in pl.propagation_plan(counts, g.c["propagation"]["candidates_per_call"])]
+    avoid = g.c["propagation"]["avoid"]
+    covered = avoid["covered_iou"]
+    affinity = g.work.video_id if covered is not None or avoid["feature_cache_frames"] else ""
+    calls: list[Call] = []
+    for x in pl.propagation_plan(counts, g.c["propagation"]["candidates_per_call"]):
+        earlier = [c.out(0) for c in calls if c.args[2].keyframe_index < x.keyframe_index] if covered is not None else []
+        calls.append(g.call("propagation", f"keyframe {x.keyframe_index} candidates [{x.start}:{x.stop}]",
+                            pl.propagate_call, (VIDEO, pool.out(x.keyframe_index), x, covered, *earlier), 2,
+                            ("propagation",), affinity=affinity))
+    return calls
 
 
 def _nms(g: VideoGraph) -> list[Call]:
@@ -238,7 +255,7 @@ def _run_ensemble(_: Any, ens_cfg: Mapping[str, Any], work: Any, *tables: Any) -
 
 def _writer(g: VideoGraph) -> list[Call]:
     nms, ens = g.by_stage["nms"][0], g.by_stage["ensemble"][0]
-    passes = [c.out(1) for c in g.by_stage["grounding"]]
+    passes = [c.out(1) for c in (*g.by_stage["propagation"], *g.by_stage["grounding"])]
     events = [c.event for c in g.calls]
     return [g.call("writer", "all", _finish, (g.run_uri, g.c, WORK, nms.out(0), nms.out(1), ens.out(0), ens.out(1),
                                               len(passes), *passes, *events), 0)]
@@ -246,7 +263,7 @@ def _writer(g: VideoGraph) -> list[Call]:
 
 def _finish(_: Any, run_uri: str, c: Mapping[str, Any], work: Any, every: Any, kept: Any, grounding: Any,
             prediction: Any, n_passes: int, *rest: Any) -> dict[str, Any]:
-    """``rest``: the grounding calls' encoder passes, then every call's event."""
+    """``rest``: the propagation and grounding calls' encoder passes, then every call's event."""
     return pl.finish_video(run_uri, c, work, every, kept, grounding, prediction, rest[n_passes:], rest[:n_passes])
 
 

@@ -15,7 +15,6 @@ both executors (tracklet ids come from the plan, not from arrival order).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import time
@@ -198,14 +197,19 @@ def segment_call(segmenter: Any, video: Video, frames: Sequence[int]) -> list[Ca
     return list(segmenter.segment(video, list(frames)))
 
 
-def pool_call(video: Video, keyframes: Sequence[int], per_model: Sequence[Sequence[list[Candidates]]]
-              ) -> tuple[list[Candidates], list[int]]:
+def pool_call(video: Video, keyframes: Sequence[int], per_model: Sequence[Sequence[list[Candidates]]],
+              duplicate_iou: float | None = None) -> tuple[list[Candidates], list[int]]:
     """(each keyframe's candidates, their counts): every model's candidates pooled per keyframe,
     in model order (the paper pools HTC and CondInst proposals). ``per_model[m]`` is model m's
     list of batch results; each segment call returned the frames of its batch (checked by the
-    segmenter), so a model's batches in order are the keyframes in order."""
+    segmenter), so a model's batches in order are the keyframes in order. ``duplicate_iou``
+    (``propagation.avoid``): same-keyframe duplicates merged first (:mod:`rvos_ray.stages.prune`)."""
+    from rvos_ray.stages.prune import merge_duplicates
+
     flat = [[c for batch in model for c in batch] for model in per_model]
     pooled = [Candidates.concat([m[i] for m in flat]) for i in range(len(keyframes))]
+    if duplicate_iou is not None:
+        pooled = [merge_duplicates(c, float(duplicate_iou)) for c in pooled]
     return pooled, [len(c) for c in pooled]
 
 
@@ -224,14 +228,30 @@ def propagation_plan(counts: Sequence[int], chunk: int) -> list[PropagationCall]
 
 
 def slice_candidates(c: Candidates, start: int, stop: int) -> Candidates:
-    return dataclasses.replace(c, rles=c.rles[start:stop], scores=c.scores[start:stop],
-                               labels=c.labels[start:stop], sources=c.sources[start:stop])
+    from rvos_ray.stages.prune import subset
+
+    return subset(c, range(start, stop))
 
 
-def propagate_call(propagator: Any, video: Video, candidates: Candidates, call: PropagationCall) -> pa.Table:
-    """One chunk of one keyframe's candidates through the video: their tracklets."""
-    table = propagator.propagate(video, slice_candidates(candidates, call.start, call.stop), call.tracklet_ids)
-    return validate(table, TRACKLET_SCHEMA, f"propagation of {video.video_id!r} keyframe {candidates.frame}")
+def propagate_call(propagator: Any, video: Video, candidates: Candidates, call: PropagationCall,
+                   covered_iou: float | None = None, *earlier: pa.Table
+                   ) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    """(tracklets, passes): one chunk of one keyframe's candidates through the video. With
+    ``covered_iou`` (``propagation.avoid``), the candidates an ``earlier`` keyframe's tracklet
+    already covers at their frame are not propagated (their tracklet ids stay unused). The
+    passes are ``{"propagation": {"backbone": frames the backbone encoded}}`` (the summary's
+    ``encoder_passes`` with the grounders')."""
+    from rvos_ray.stages.prune import masks_at, subset, uncovered
+
+    chunk, ids = slice_candidates(candidates, call.start, call.stop), call.tracklet_ids
+    if covered_iou is not None and earlier:
+        keep = uncovered(chunk, masks_at(earlier, chunk.frame), float(covered_iou))
+        chunk, ids = subset(chunk, keep), [ids[i] for i in keep]
+    before = int(getattr(propagator, "backbone_forward_passes", 0))
+    table = propagator.propagate(video, chunk, ids)
+    passes = int(getattr(propagator, "backbone_forward_passes", 0)) - before
+    return (validate(table, TRACKLET_SCHEMA, f"propagation of {video.video_id!r} keyframe {candidates.frame}"),
+            {"propagation": {"backbone": passes} if passes else {}})
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +295,7 @@ def add_passes(a: Mapping[str, Mapping[str, int]], b: Mapping[str, Mapping[str, 
                ) -> dict[str, dict[str, int]]:
     """``a + sign * b`` per kind and encoder, leaving out encoders with no passes."""
     out: dict[str, dict[str, int]] = {}
-    for kind in ("visual", "text"):
+    for kind in sorted({"visual", "text", *a, *b}):
         x, y = a.get(kind, {}), b.get(kind, {})
         out[kind] = {k: n for k in sorted({*x, *y}) if (n := int(x.get(k, 0)) + sign * int(y.get(k, 0)))}
     return out

@@ -192,7 +192,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 #: config keys the actors are built from: a run reusing an executor must agree on them
 _ACTOR_KEYS = ("segmentation", "propagation.backend", "propagation.options", "propagation.resources",
-               "grounding", "run.seed", "ray.max_restarts", "ray.max_retries")
+               "propagation.avoid.feature_cache_frames", "grounding", "run.seed", "ray.max_restarts",
+               "ray.max_retries")
 
 
 def _get(c: dict, dotted: str) -> Any:
@@ -256,6 +257,7 @@ class RayExecutor:
         self.pools: dict[graph.PoolKey, list] = {}  # each model pool's actor replicas
         self.placements: dict[str, list[dict]] = {}
         self._rr: dict[str, int] = {}
+        self._sticky: dict[tuple, Any] = {}  # (pool, affinity) -> the replica its calls go to
 
     # ---- actors ---------------------------------------------------------------------------
 
@@ -309,10 +311,15 @@ class RayExecutor:
     def actor_pids(self, stage: str) -> list[int]:
         return [p["pid"] for p in self.placements.get(stage, [])]
 
-    def _next(self, key: str, actors: list) -> Any:
-        """Round-robin over a pool: consecutive calls go to different replicas."""
+    def _next(self, key: graph.PoolKey, actors: list, affinity: str = "") -> Any:
+        """Round-robin over a pool: consecutive calls go to different replicas; calls with the
+        same ``affinity`` (a video's propagation calls that share work) to the same one."""
+        if affinity and (key, affinity) in self._sticky:
+            return self._sticky[(key, affinity)]
         i = self._rr.get(key, 0)
         self._rr[key] = i + 1
+        if affinity:
+            self._sticky[(key, affinity)] = actors[i % len(actors)]
         return actors[i % len(actors)]
 
     # ---- per-video graph -------------------------------------------------------------------
@@ -347,7 +354,7 @@ class RayExecutor:
         args = [v.refs[a] if isinstance(a, graph.Out) else a for a in call.args]
         call = dataclasses.replace(call, args=())  # its args travel once, resolved
         if call.pool is not None:
-            actor = self._next(call.pool, self.pools[call.pool])
+            actor = self._next(call.pool, self.pools[call.pool], call.affinity)
             refs = actor.call.options(num_returns=call.returns).remote(call, *args)
         else:
             opts = self._writer_opts() if call.writer else self._cpu_opts()
@@ -440,6 +447,8 @@ class RayExecutor:
         def drop(v: _Video) -> None:
             for ref in [r for r, call in track.items() if call.video is v]:
                 del track[ref]
+            for key in [k for k in self._sticky if k[1] == v.work.video_id]:
+                del self._sticky[key]
             active.pop(v.work.video_id, None)
 
         def fail(v: _Video, f: Failure) -> None:

@@ -44,10 +44,18 @@ def build_segmenter(entry: Mapping[str, Any], where: str) -> Any:
 
 
 def build_propagator(section: Mapping[str, Any]) -> Any:
-    """The ``propagation`` section's backend (``backend`` + its typed ``options``)."""
-    from rvos_ray.registry import PROPAGATORS
+    """The ``propagation`` section's backend (``backend`` + its typed ``options``), keeping
+    ``avoid.feature_cache_frames`` frames' features when that is set (a backend that cannot
+    is a ConfigError)."""
+    from rvos_ray.registry import PROPAGATORS, ConfigError
 
-    return PROPAGATORS.build(str(section["backend"]), section.get("options") or {}, "propagation.options")
+    backend = str(section["backend"])
+    frames = int((section.get("avoid") or {}).get("feature_cache_frames") or 0)
+    if frames and not hasattr(PROPAGATORS.get(backend), "FEATURE_CACHE"):
+        raise ConfigError(f"propagation.avoid.feature_cache_frames: the {backend!r} backend keeps no frame "
+                          "features; set it to 0")
+    kwargs = {"feature_cache_frames": frames} if frames else {}
+    return PROPAGATORS.build(backend, section.get("options") or {}, "propagation.options", **kwargs)
 
 
 def build_grounder(variants: Sequence[str], grounding: Mapping[str, Any], seed: int) -> Any:
