@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -403,7 +403,7 @@ def finish_video(run_uri: str, cfg: Mapping[str, Any], work: VideoWork, every: p
         record: dict[str, Any] = {
             "expressions": len(work.expressions), "frames": work.video.num_frames, "pngs": pngs,
             "tracklets": _num_tracklets(every), "kept": _num_tracklets(kept),
-            "encoder_passes": _sum_passes(passes)}
+            "encoder_passes": sum_passes(passes)}
         if scored is not None:
             rd.write_table(vid, "metrics", scored[0])
             record["annotated_frames"] = scored[1]
@@ -420,7 +420,8 @@ def finish_video(run_uri: str, cfg: Mapping[str, Any], work: VideoWork, every: p
     return record
 
 
-def _sum_passes(passes: Sequence[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+def sum_passes(passes: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+    """The sum of several calls' (or videos') encoder passes."""
     total: dict[str, dict[str, int]] = {"visual": {}, "text": {}}
     for p in passes:
         total = add_passes(total, p)

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from rvos_ray.data import io as fio
-from rvos_ray.runtime.pipeline import Split, VideoWork, add_passes
+from rvos_ray.runtime.pipeline import Split, VideoWork, sum_passes
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.types import Failure
 
@@ -116,11 +116,9 @@ def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan,
     rd.write_run_events(events)
 
     stage_seconds: dict[str, float] = {}
-    passes: dict[str, dict[str, int]] = {"visual": {}, "text": {}}
     for v in out.done:
         for s, sec in out.done[v].get("stage_seconds", {}).items():
             stage_seconds[s] = stage_seconds.get(s, 0.0) + sec
-        passes = add_passes(passes, out.done[v].get("encoder_passes", {}))
     summary: dict[str, Any] = {
         "executor": out.executor,
         "run_dir": rd.uri,
@@ -135,8 +133,9 @@ def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan,
         "compute_seconds": sum(stage_seconds.values()),
         "stage_seconds": stage_seconds,
         # frames through each visual encoder, expressions through each text encoder (videos
-        # done in this run): each encoder shared by several variants counts once
-        "encoder_passes": passes,
+        # done in this run): each encoder shared by several variants counts once; frames
+        # through the propagator's backbone ("propagation": {"backbone": n})
+        "encoder_passes": sum_passes(d.get("encoder_passes", {}) for d in out.done.values()),
         "timings": dict(out.timings),
         "nodes": work_per_node(events),
         "failures": [{"video_id": f.video_id, "stage": f.stage, "error": f.error, "message": f.message,
