@@ -18,11 +18,12 @@ RVOS = os.path.join(os.path.dirname(sys.executable), "rvos-ray")
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
 
-def make_shapes(out: Path, videos: int, seed: int) -> Path:
-    """The synthetic benchmark at ``out`` (written once; its valid split is what runs use)."""
-    if not (out / "valid" / "meta_expressions.json").is_file():
-        subprocess.run([RVOS, "make-shapes", "--out", str(out), "--videos", str(videos), "--seed", str(seed)],
-                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+def make_shapes(out: Path, videos: int, seed: int, frames: tuple[int, int] | None = None) -> Path:
+    """The synthetic benchmark at ``out`` (make-shapes skips a set already up to date; its valid
+    split is what runs use). ``frames``: (min, max) frames per video, else make-shapes' default."""
+    extra = ["--min-frames", str(frames[0]), "--max-frames", str(frames[1])] if frames else []
+    subprocess.run([RVOS, "make-shapes", "--out", str(out), "--videos", str(videos), "--seed", str(seed), *extra],
+                   check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return out
 
 

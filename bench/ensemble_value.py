@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/ensemble_value.py
 
-Two synthetic sets: the demo's 8 valid videos (`make-shapes --videos 8 --seed 1`, what
-`make demo` runs) and 24 more (`make-shapes --videos 24 --seed 3`). On each, one
+Two synthetic sets: the demo's 8 valid videos (`make-shapes --videos 8 --seed 1 --min-frames 16
+--max-frames 24`, what `make demo` runs) and 24 more (`make-shapes --videos 24 --seed 3`, 20-40
+frames). On each, one
 `rvos-ray run --config configs/demo.yaml` (as shipped: five variants; videos already finished by
 an earlier run of this bench are reused), then J&F from the run's cached grounding tables (the
 sweep's cache trials, no model runs) for
@@ -51,10 +52,10 @@ def main() -> None:
     ap.add_argument("--root", default=str(REPO / "runs" / "bench" / "ensemble_value"))
     a = ap.parse_args()
     root = Path(a.root)
-    sets = {"demo8": (8, 1), "set24": (24, 3)}
+    sets = {"demo8": (8, 1, (16, 24)), "set24": (24, 3, None)}
     caches, out = {}, {}
-    for name, (videos, seed) in sets.items():
-        data = make_shapes(root / f"shapes{videos}-seed{seed}", videos, seed)
+    for name, (videos, seed, frames) in sets.items():
+        data = make_shapes(root / f"shapes{videos}-seed{seed}", videos, seed, frames)
         s = run_demo_config(data, root / f"run-{name}", [], resume=True)
         if s["failed"]:
             sys.exit(f"{name}: {s['failed']} videos failed: {s['failures'][:2]}")
