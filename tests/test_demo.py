@@ -153,6 +153,7 @@ def _falls(losses: list[float], n: int) -> bool:
 @pytest.mark.slow
 def test_short_demo_models_run_trains_loadable_checkpoints_of_the_committed_kind(small_shapes, tmp_path):
     from rvos_ray.config import load_config
+    from rvos_ray.runtime import ray_session
     from rvos_ray.training.finetune_segmenter import finetune
     from rvos_ray.training.train_grounder import train as train_grounder
     from rvos_ray.training.train_propagator import load_train_config
@@ -204,13 +205,16 @@ def test_short_demo_models_run_trains_loadable_checkpoints_of_the_committed_kind
     gcfg_path.write_text(yaml.safe_dump(g))
     gcfg = load_config(str(gcfg_path))
     names = [v["name"] for v in g["grounding"]["variants"]]
-    for name in names:
-        summary = train_grounder(gcfg, name)
-        hist = [h["loss"] for h in summary["phases"]["finetune"]]
-        assert len(hist) == 4 and hist[-1] < hist[0], hist
-        mine = torch.load(summary["checkpoint"], weights_only=True)
-        shipped = torch.load(ASSETS / f"grounder_{name}.pt", weights_only=True)
-        assert _shapes_of(mine) == _shapes_of(shipped)
+    # one local Ray for the five runs (each `make demo-models` command starts its own; train()
+    # uses a Ray this process is connected to, and leaves it connected)
+    with ray_session.session("", num_cpus=int(gcfg.ray.num_cpus), log_to_driver=False):
+        for name in names:
+            summary = train_grounder(gcfg, name)
+            hist = [h["loss"] for h in summary["phases"]["finetune"]]
+            assert len(hist) == 4 and hist[-1] < hist[0], hist
+            mine = torch.load(summary["checkpoint"], weights_only=True)
+            shipped = torch.load(ASSETS / f"grounder_{name}.pt", weights_only=True)
+            assert _shapes_of(mine) == _shapes_of(shipped)
 
     # package them as `make demo-models` does; the demo config loads the result
     assets = tmp_path / "assets"
