@@ -220,11 +220,13 @@ def _propagation(g: VideoGraph) -> list[Call]:
     covered = avoid["covered_iou"]
     affinity = g.work.video_id if covered is not None or avoid["feature_cache_frames"] else ""
     calls: list[Call] = []
+    tables: dict[int, list[Out]] = {}  # keyframe number -> its calls' tracklet tables
     for x in pl.propagation_plan(counts, g.c["propagation"]["candidates_per_call"]):
-        earlier = [c.out(0) for c in calls if c.args[2].keyframe_index < x.keyframe_index] if covered is not None else []
-        calls.append(g.call("propagation", f"keyframe {x.keyframe_index} candidates [{x.start}:{x.stop}]",
-                            pl.propagate_call, (VIDEO, pool.out(x.keyframe_index), x, covered, *earlier), 2,
-                            ("propagation",), affinity=affinity))
+        k = x.keyframe_index
+        earlier = [t for j in range(k) for t in tables.get(j, ())] if covered is not None else []
+        calls.append(g.call("propagation", f"keyframe {k} candidates [{x.start}:{x.stop}]", pl.propagate_call,
+                            (VIDEO, pool.out(k), x, covered, *earlier), 2, ("propagation",), affinity=affinity))
+        tables.setdefault(k, []).append(calls[-1].out(0))
     return calls
 
 
