@@ -8,7 +8,7 @@ and of their ensemble; and the encoder work of the grounding stage (once per fra
 2. `train-grounder` (Ray Train, 2 CPU workers) trains three variants of configs/tiny.yaml on the
    train split: tiny-r18-t (temporal on), tiny-r18 (the same with temporal off: the paper's
    per-frame grounder) and tiny-r18-t2 (temporal on, another head on the same encoders).
-3. The production grounding path (the pipeline's builder and ``ground_call``: one stage holding
+3. The production grounding stage (``GroundStage``, set up and called as an executor does: one stage holding
    the three variants, which share their encoders, as one grounding actor of ``rvos-ray run``
    does) grounds the first ``--valid-videos`` valid videos against their ground-truth object tracklets; accuracy = the chosen tracklet is the referred
    object (argmax of s_p), per variant and for the ensemble of the temporal variants.
@@ -39,7 +39,7 @@ from rvos_ray.config import load_config  # noqa: E402
 from rvos_ray.data.refytvos import RefYTVOS  # noqa: E402
 from rvos_ray.data.synthetic import make_shapes  # noqa: E402
 from rvos_ray.runtime import pipeline as pl  # noqa: E402
-from rvos_ray.runtime import stage_adapters as adapters  # noqa: E402
+from rvos_ray.stages.ground import GroundStage, encoder_groups  # noqa: E402
 from rvos_ray.stages.ensemble import ensemble  # noqa: E402
 from rvos_ray.training.grounder_data import gt_tracklet_table  # noqa: E402
 from rvos_ray.training.train_grounder import main as train_grounder  # noqa: E402
@@ -120,15 +120,16 @@ def main() -> int:
     print(f"== grounding {len(valid_ids)} valid videos with one stage holding all variants")
     reader = RefYTVOS(args.root, "valid")
     section = {**base["grounding"], "variants": variants}
-    [group] = adapters.grounder_groups(section)  # all three share their encoders: one stage
-    stage = adapters.build_grounder(group, section, seed=int(base["run"]["seed"]))
+    [group] = encoder_groups(variants)  # all three share their encoders: one stage
+    stage = GroundStage(section, group, seed=int(base["run"]["seed"]))
+    stage.setup()
     tables, truth, kinds = [], {}, {}
     n_frames = n_exprs = 0
     t = time.time()
     for vid in valid_ids:
         video = reader.video(vid)
         exprs = reader.expressions(vid)
-        tables.append(pl.ground_call(stage, pl.VideoWork(video, tuple(exprs)), gt_tracklet_table(reader, vid))[0])
+        tables.append(stage.process(pl.VideoWork(video, tuple(exprs)), gt_tracklet_table(reader, vid))[0])
         n_frames += video.num_frames
         n_exprs += len(exprs)
         for e in exprs:
@@ -136,7 +137,7 @@ def main() -> int:
             kinds[(vid, e.exp_id)] = e.kind or "none"
     ground_s = time.time() - t
     grounding = pa.concat_tables(tables)
-    c = stage.counts
+    c = stage.model.counts
     figures.update({
         "valid_videos": len(valid_ids), "valid_frames": n_frames, "valid_expressions": n_exprs,
         "ground_s": round(ground_s, 1), "frames_read": c.frames_read,

@@ -45,7 +45,7 @@ def cfg_for(data: Path, run: Path, replicas: int, in_flight: int):
         f"segmentation.resources.replicas={replicas}", f"propagation.resources.replicas={replicas}",
         f"grounding.resources.replicas={replicas}", f"ray.max_videos_in_flight={in_flight}",
         "segmentation.resources.num_cpus=1", "propagation.resources.num_cpus=1",
-        "grounding.resources.num_cpus=1", "nms.resources.num_cpus=1",
+        "grounding.resources.num_cpus=1", "tasks.resources.num_cpus=1",
     ])
 
 

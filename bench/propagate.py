@@ -45,10 +45,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def propagator(checkpoint: str, long_edge: int):
-    from rvos_ray.runtime.stage_adapters import build_propagator
+    from rvos_ray.stages.propagate import PropagateStage
 
     options = {"checkpoint": checkpoint, "long_edge": long_edge, "device": "cpu", "num_threads": 1, "candidate_batch": 8}
-    return build_propagator({"backend": "cfbi", "options": options})
+    stage = PropagateStage({"backend": "cfbi", "options": options})
+    stage.setup()
+    return stage.model
 
 
 def first_frame_candidates(reader: RefYTVOS, vid: str) -> tuple[Candidates, list[int]]:

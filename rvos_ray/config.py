@@ -95,7 +95,6 @@ class NMSConfig:
     iou_threshold: float = 0.5  # tracklet-IoU above which the lower-scored tracklet is removed
     max_tracklets: int = 10  # P: tracklets kept per video (paper: 10)
     min_score: float = 0.0  # tracklets scoring below are dropped before NMS
-    resources: Resources = field(default_factory=Resources)
 
 
 @dataclass
@@ -116,6 +115,12 @@ class EnsembleConfig:
     temperature: float = 1.0
     frame_stride: int = 1  # s_p averages every n-th grounded frame
     variants: Any = None  # None (all grounded variants) or a list of variant names
+
+
+@dataclass
+class TasksConfig:
+    # the stages without models (pooling, NMS, ensemble, writer) run as tasks asking for these
+    resources: Resources = field(default_factory=Resources)
 
 
 @dataclass
@@ -179,6 +184,7 @@ class RunConfig:
     nms: NMSConfig = field(default_factory=NMSConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     train_grounder: TrainGrounderConfig = field(default_factory=TrainGrounderConfig)
 

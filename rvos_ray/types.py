@@ -63,6 +63,18 @@ class Expression:
 
 
 @dataclass(frozen=True)
+class VideoWork:
+    """One video of the split with its expressions: all a worker needs (no pixels)."""
+
+    video: Video
+    expressions: tuple[Expression, ...]
+
+    @property
+    def video_id(self) -> str:
+        return self.video.video_id
+
+
+@dataclass(frozen=True)
 class Candidates:
     """Instance mask candidates on one keyframe, pooled over segmentation models.
 

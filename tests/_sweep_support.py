@@ -2,10 +2,10 @@
 
 The tracklets come from the synthetic benchmark's ground truth (one tracklet per object, a
 one-pixel-shifted duplicate of each that tracklet-NMS should suppress, and one low-scored
-distractor box), the NMS is the real stage (:func:`rvos_ray.stages.tracklet_nms.tracklet_nms`), the grounding probabilities are made up per
+distractor box), the NMS is the real stage (:class:`rvos_ray.stages.tracklet_nms.NMSStage`), the grounding probabilities are made up per
 variant (``good`` prefers the referred object's tracklet, ``noisy`` is random, ``bad``
 prefers a wrong one), and everything after that is the runtime's own code path: the ensemble
-stage, :func:`rvos_ray.runtime.pipeline.finish_video` (tables, metrics via the scorer,
+stage, :class:`rvos_ray.runtime.pipeline.WriteStage` (tables, metrics via the scorer,
 ``done.json``) and :func:`rvos_ray.runtime.lifecycle.finish_run` (merged tables, summary.json).
 """
 
@@ -24,7 +24,8 @@ from rvos_ray.data.synthetic import make_shapes
 from rvos_ray.runtime import pipeline as pl
 from rvos_ray.runtime import run_lifecycle as lifecycle
 from rvos_ray.stages.propagate import TrackletBuilder
-from rvos_ray.stages.tracklet_nms import tracklet_nms
+from rvos_ray.stages.ensemble import EnsembleStage
+from rvos_ray.stages.tracklet_nms import NMSStage
 from rvos_ray.types import GROUNDING_SCHEMA, Candidates, table_from_columns
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,11 +112,11 @@ def build_run(data: Path, run: Path, *overrides: str) -> dict:
     plan = lifecycle.plan(rd, works, False)
     out = lifecycle.Outcome(executor="test")
     reader = open_dataset(str(data), "valid", "refytvos")
+    nms, ens, writer = NMSStage(c["nms"]), EnsembleStage(c["ensemble"]), pl.WriteStage(rd.uri, c)
     for i, work in enumerate(works):
         table, obj_to_tid = gt_tracklets(reader, work)
-        every = pl.concat_tracklets([table])
-        kept = tracklet_nms(every, c["nms"])
-        (g_all, pred), ev = pl.timed("ensemble", work.video_id, "all", lambda: pl.ensemble_call(
-            c["ensemble"], work, made_up_grounding(work, kept, obj_to_tid, i)))
-        out.done[work.video_id] = pl.finish_video(rd.uri, c, work, every, kept, g_all, pred, [ev])
+        every, kept = nms.process(table)
+        (g_all, pred), ev = pl.timed("ensemble", work.video_id, "all", lambda: ens.process(
+            *made_up_grounding(work, kept, obj_to_tid, i)))
+        out.done[work.video_id] = writer.process(work, every, kept, g_all, pred, 0, ev)
     return lifecycle.finish_run(rd, cfg, works, plan, out)

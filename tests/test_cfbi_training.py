@@ -94,11 +94,12 @@ def test_train_checkpoints_resume_and_load_into_the_propagator(shapes, tmp_path)
         train(load_train_config(TINY, [f"data.root={shapes}", f"work_dir={tmp_path / 'b'}", "steps=4",
                                        "model.decoder_channels=16"]), log=lambda m: None)
 
-    from rvos_ray.runtime.stage_adapters import build_propagator
+    from rvos_ray.stages.propagate import PropagateStage
 
-    prop = build_propagator({"backend": "cfbi", "options": {"checkpoint": str(tmp_path / "a" / "model.pt"),
-                                                            "long_edge": 48, "device": "cpu"}})
-    assert prop.model.cfg.embed_dim == 32
+    prop = PropagateStage({"backend": "cfbi", "options": {"checkpoint": str(tmp_path / "a" / "model.pt"),
+                                                          "long_edge": 48, "device": "cpu"}})
+    prop.setup()
+    assert prop.model.model.cfg.embed_dim == 32
 
 
 def test_sequential_training_swaps_in_the_own_prediction_per_clip():

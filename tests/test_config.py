@@ -11,9 +11,9 @@ from rvos_ray.registry import Registry, RegistryError, parse_options
 def test_defaults_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("data:\n  root: /x\nnms:\n  max_tracklets: 5\n")
-    cfg = load_config(p, ["keyframes.k=3", "nms.resources.custom={seg: 1}"])
+    cfg = load_config(p, ["keyframes.k=3", "tasks.resources.custom={seg: 1}"])
     assert cfg.data.root == "/x" and cfg.nms.max_tracklets == 5 and cfg.keyframes.k == 3
-    assert Resources.of(cfg.nms).custom == {"seg": 1.0}
+    assert Resources.of(cfg.tasks).custom == {"seg": 1.0}
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

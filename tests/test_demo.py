@@ -76,15 +76,20 @@ def test_demo_config_repeats_the_trained_grounder_variants():
 
 
 def _build_demo_models(cfg) -> dict:
+    """The demo's stages with models, set up as the executors do (each grounder on its own)."""
     from omegaconf import OmegaConf
 
-    from rvos_ray.runtime import stage_adapters as adapters
+    from rvos_ray.stages.ground import GroundStage
+    from rvos_ray.stages.propagate import PropagateStage
+    from rvos_ray.stages.segment import SegmentStage
 
     c = OmegaConf.to_container(cfg, resolve=True)
-    built = {"segmenter": adapters.build_segmenter(c["segmentation"]["models"][0], "segmentation.models[0]"),
-             "propagator": adapters.build_propagator(c["propagation"])}
+    built = {"segmenter": SegmentStage(c["segmentation"]["models"][0], "segmentation.models[0]"),
+             "propagator": PropagateStage(c["propagation"])}
     for v in c["grounding"]["variants"]:
-        built[v["name"]] = adapters.build_grounder([v["name"]], c["grounding"], int(c["run"]["seed"]))
+        built[v["name"]] = GroundStage(c["grounding"], [v["name"]], int(c["run"]["seed"]))
+    for stage in built.values():
+        stage.setup()
     return built
 
 
@@ -93,19 +98,20 @@ def test_committed_models_run_in_the_demo_backends(small_shapes, tmp_path):
     """The shipped checkpoints load into the demo's backends and do their job on one video:
     the segmenter finds objects, the propagator follows them, the grounders score them."""
     from rvos_ray.data.refytvos import RefYTVOS
-    from rvos_ray.runtime import pipeline as pl
+    from rvos_ray.stages.propagate import PropagationCall
+    from rvos_ray.types import VideoWork
 
     cfg = demo.resolved_config(str(demo.DEMO_CONFIG), [], small_shapes, str(tmp_path / "run"))
     models = _build_demo_models(cfg)
     reader = RefYTVOS(small_shapes, "valid")
     vid = reader.video_ids()[0]
     video, exps = reader.video(vid), reader.expressions(vid)
-    cands = pl.segment_call(models["segmenter"], video, [0])
+    cands = models["segmenter"].process(video, [0])
     assert len(cands[0]) >= 1 and max(cands[0].scores) >= 0.3
-    table, _ = pl.propagate_call(models["propagator"], video, cands[0], pl.PropagationCall(0, 0, 1, 0))
+    table, _ = models["propagator"].process(video, cands[0], PropagationCall(0, 0, 1, 0))
     assert table.num_rows == video.num_frames
     for name in (v["name"] for v in _variants(Path(demo.DEMO_CONFIG))):
-        g = models[name].ground(video, table, exps)
+        g, _ = models[name].process(VideoWork(video, tuple(exps)), table)
         assert g.num_rows > 0 and set(g.column("variant").to_pylist()) == {name}
 
 

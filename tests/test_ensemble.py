@@ -7,7 +7,7 @@ import math
 import pytest
 
 from rvos_ray.registry import ConfigError
-from rvos_ray.stages.ensemble import Ensembler, ensemble
+from rvos_ray.stages.ensemble import EnsembleStage, ensemble
 from rvos_ray.types import GROUNDING_SCHEMA, PREDICTION_SCHEMA, table_from_columns
 
 
@@ -96,7 +96,7 @@ def test_bad_settings_are_errors_naming_the_key():
     assert ensemble(GROUNDING_SCHEMA.empty_table()).num_rows == 0
 
 
-def test_ensembler_from_config_section():
-    e = Ensembler({"weights": {"A": 1.0, "B": 0.0}, "mode": "mean", "temperature": 1.0, "frame_stride": 1})
+def test_ensemble_stage_from_config_section():
+    e = EnsembleStage({"weights": {"A": 1.0, "B": 0.0}, "mode": "mean", "temperature": 1.0, "frame_stride": 1})
     (_, tid, score), = _pred(e.combine(_table(ROWS)))
     assert (tid, score) == (3, pytest.approx(0.75, abs=1e-6))

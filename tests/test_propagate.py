@@ -19,9 +19,16 @@ from rvos_ray import masks
 from rvos_ray.config import load_config
 from rvos_ray.data.errors import DataError
 from rvos_ray.registry import ConfigError
-from rvos_ray.runtime import pipeline as pl
-from rvos_ray.runtime.stage_adapters import build_propagator
-from rvos_ray.stages.propagate import TrackletBuilder, frame_order, masks_and_probabilities
+from rvos_ray.stages.propagate import (
+    PropagateStage,
+    PropagationCall,
+    TrackletBuilder,
+    frame_order,
+    masks_and_probabilities,
+    propagation_plan,
+)
+from rvos_ray.stages.prune import subset
+from rvos_ray.stages.tracklet_nms import concat_tracklets
 from rvos_ray.types import TRACKLET_SCHEMA, Candidates, SchemaError, Video, validate
 
 torch.set_num_threads(1)
@@ -57,12 +64,27 @@ def _candidates(frame: int, t_count: int) -> Candidates:
     return Candidates("vid", frame, H, W, rles, (0.9, 0.6, 0.3), (1, 2, 3), ("htc", "condinst", "htc"))
 
 
-def _propagator(**options):
+def _setup(section) -> PropagateStage:
+    """The propagation stage of ``section``, set up as an executor does."""
+    stage = PropagateStage(section)
+    stage.setup()
+    return stage
+
+
+def build_propagator(section):
+    return _setup(section).model
+
+
+def _stage(**options) -> PropagateStage:
     section = OmegaConf.to_container(load_config(ROOT / "configs" / "tiny.yaml").propagation)
     section["options"]["long_edge"] = 80  # 48x80 frames at full size: a cheap test
     section["options"].update(options)
     torch.manual_seed(0)
-    return build_propagator(section)
+    return _setup(section)
+
+
+def _propagator(**options):
+    return _stage(**options).model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,13 +104,13 @@ def test_frame_order_forward_then_backward():
 def test_tracklet_ids_and_chunks():
     """The runtime's plan: calls per keyframe and chunk; ids keyframe by keyframe."""
     c = _candidates(0, 4)
-    calls = pl.propagation_plan([3, 0, 3], 2)
+    calls = propagation_plan([3, 0, 3], 2)
     assert [(x.keyframe_index, x.start, x.stop) for x in calls] == [(0, 0, 2), (0, 2, 3), (2, 0, 2), (2, 2, 3)]
     assert [x.tracklet_ids for x in calls] == [[0, 1], [2], [3, 4], [5]]
-    part = pl.slice_candidates(c, calls[-1].start, calls[-1].stop)
+    part = subset(c, range(calls[-1].start, calls[-1].stop))
     assert part.sources == ("htc",) and part.scores == (0.3,)
     with pytest.raises(ConfigError, match="candidates_per_call"):
-        pl.propagation_plan([3], 0)
+        propagation_plan([3], 0)
 
 
 def test_masks_and_probabilities_hand_checked():
@@ -190,13 +212,13 @@ def test_cfbi_candidates_are_independent(tmp_path):
 def test_cfbi_propagation_calls_chunks_and_ids(tmp_path):
     """A video's propagation as the executors run it: the plan's calls, then one table."""
     video = _video(tmp_path, 3)
-    prop = _propagator()
+    prop = _stage()
     pooled = [_candidates(0, 3), _candidates(2, 3)]
-    calls = pl.propagation_plan([len(c) for c in pooled], 2)
-    table = pl.concat_tracklets([pl.propagate_call(prop, video, pooled[x.keyframe_index], x)[0] for x in calls])
+    calls = propagation_plan([len(c) for c in pooled], 2)
+    table = concat_tracklets([prop.process(video, pooled[x.keyframe_index], x)[0] for x in calls])
     assert sorted(set(table["tracklet_id"].to_pylist())) == list(range(6))
     assert table.num_rows == 6 * 3
-    assert prop.backbone_forward_passes == 4 * 3  # 2 keyframes x 2 calls, T frames each
+    assert prop.model.backbone_forward_passes == 4 * 3  # 2 keyframes x 2 calls, T frames each
 
 
 def test_cfbi_rejects_frames_of_another_size(tmp_path):
@@ -258,28 +280,27 @@ def test_covered_candidates_are_not_propagated_and_keep_their_ids(tmp_path):
     for t in range(5):
         early.record(t, list(_candidates(t, 5).rles), [1.0, 1.0, 0.0])
     earlier = early.table()
-    prop = _propagator()
-    call = pl.PropagationCall(1, 0, 3, 3)
-    table, passes = pl.propagate_call(prop, video, _candidates(2, 5), call, 0.5, earlier)
+    prop = _stage()
+    call = PropagationCall(1, 0, 3, 3)
+    every, _ = prop.process(video, _candidates(2, 5), call, earlier)  # off: all three
+    assert sorted(set(every["tracklet_id"].to_pylist())) == [3, 4, 5]
+    prop.covered_iou = 0.5
+    table, passes = prop.process(video, _candidates(2, 5), call, earlier)
     assert sorted(set(table["tracklet_id"].to_pylist())) == [5]
     assert passes == {"propagation": {"backbone": 5}}
-    every, _ = pl.propagate_call(prop, video, _candidates(2, 5), call)  # off: all three
-    assert sorted(set(every["tracklet_id"].to_pylist())) == [3, 4, 5]
-    assert pl.propagate_call(prop, video, _candidates(2, 5), call, 0.5)[0].num_rows == 15  # no earlier: all
+    assert prop.process(video, _candidates(2, 5), call)[0].num_rows == 15  # no earlier: all
 
 
 def test_feature_cache_reuses_frames_across_calls_with_identical_tables(tmp_path):
     video = _video(tmp_path, 4)
-    plain = _propagator()
-    cached = build_propagator({**OmegaConf.to_container(load_config(ROOT / "configs" / "tiny.yaml").propagation),
-                               "avoid": {"feature_cache_frames": 8}} | {"options": {
-                                   **OmegaConf.to_container(load_config(ROOT / "configs" / "tiny.yaml")
-                                                            .propagation.options), "long_edge": 80}})
-    cached.model.load_state_dict(plain.model.state_dict())
-    calls = pl.propagation_plan([3, 3], 2)
+    plain = _stage()
+    tiny = OmegaConf.to_container(load_config(ROOT / "configs" / "tiny.yaml").propagation)
+    cached = _setup({**tiny, "avoid": {"feature_cache_frames": 8}, "options": {**tiny["options"], "long_edge": 80}})
+    cached.model.model.load_state_dict(plain.model.model.state_dict())
+    calls = propagation_plan([3, 3], 2)
     pooled = [_candidates(0, 4), _candidates(2, 4)]
-    a = [pl.propagate_call(plain, video, pooled[x.keyframe_index], x) for x in calls]
-    b = [pl.propagate_call(cached, video, pooled[x.keyframe_index], x) for x in calls]
+    a = [plain.process(video, pooled[x.keyframe_index], x) for x in calls]
+    b = [cached.process(video, pooled[x.keyframe_index], x) for x in calls]
     assert all(x[0].equals(y[0]) for x, y in zip(a, b))
     assert [p["propagation"]["backbone"] for _, p in a] == [4, 4, 4, 4]
     assert [p["propagation"].get("backbone", 0) for _, p in b] == [4, 0, 0, 0]  # every frame once

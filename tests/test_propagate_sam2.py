@@ -10,7 +10,7 @@ from PIL import Image
 
 from rvos_ray import masks
 from rvos_ray.registry import ConfigError
-from rvos_ray.runtime.stage_adapters import build_propagator
+from rvos_ray.stages.propagate import PropagateStage
 from rvos_ray.types import TRACKLET_SCHEMA, Candidates, Video, validate
 
 torch.set_num_threads(1)
@@ -62,6 +62,12 @@ def _video(tmp_path, t_count: int) -> Video:
         Image.fromarray(img).save(p)
         paths.append(str(p))
     return Video("v", tuple(f"{t:05d}" for t in range(t_count)), tuple(paths))
+
+
+def build_propagator(section):
+    stage = PropagateStage(section)
+    stage.setup()
+    return stage.model
 
 
 def test_sam2_propagates_both_ways_one_encoder_pass_per_frame(tmp_path):

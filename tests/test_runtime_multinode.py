@@ -184,7 +184,7 @@ def test_a_task_no_node_can_place_fails_with_a_report_of_what_is_pending(data, t
         os.environ.setdefault(k, v)
     ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
-        cfg = tiny_cfg(data, tmp_path / "run", "ray.autoscaling=true", "nms.resources.custom={nowhere: 1}",
+        cfg = tiny_cfg(data, tmp_path / "run", "ray.autoscaling=true", "tasks.resources.custom={nowhere: 1}",
                        "ray.stall_timeout_s=20", config=config)
         s = RayExecutor(cfg).run(progress=False)
     finally:

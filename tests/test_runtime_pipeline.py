@@ -7,17 +7,12 @@ import pytest
 
 from rvos_ray import masks
 from rvos_ray.registry import ConfigError
-from rvos_ray.runtime.pipeline import (
-    ChosenMasks,
-    PropagationCall,
-    VideoWork,
-    concat_tracklets,
-    keyframe_batches,
-    pool_call,
-    propagation_plan,
-    slice_candidates,
-    timed,
-)
+from rvos_ray.runtime.pipeline import ChosenMasks, keyframe_batches, timed
+from rvos_ray.stages.propagate import PropagationCall, propagation_plan
+from rvos_ray.stages.prune import subset
+from rvos_ray.stages.segment import PoolStage
+from rvos_ray.stages.tracklet_nms import concat_tracklets
+from rvos_ray.types import VideoWork
 from rvos_ray.types import PREDICTION_SCHEMA, TRACKLET_SCHEMA, Candidates, Expression, Video, table_from_columns
 
 
@@ -52,16 +47,15 @@ def test_plan_numbers_tracklets_keyframe_by_keyframe():
         propagation_plan([1], chunk=0)
 
 
-def test_slice_candidates_keeps_fields_aligned():
+def test_candidate_subsets_keep_fields_aligned():
     c = Candidates("v", 3, 4, 6, (b"a", b"b", b"c"), (0.1, 0.2, 0.3), (1, 2, 3), ("x", "y", "z"))
-    s = slice_candidates(c, 1, 3)
+    s = subset(c, range(1, 3))
     assert (s.rles, s.scores, s.labels, s.sources, s.frame) == ((b"b", b"c"), (0.2, 0.3), (2, 3), ("y", "z"), 3)
 
 
 def test_pooling_concatenates_models_in_order():
-    v = video(14)
-    per_model = [[[cands(1, 2, "htc"), cands(3, 1, "htc")]], [[cands(1, 1, "ci"), cands(3, 0, "ci")]]]
-    pooled, counts = pool_call(v, [1, 3], per_model)
+    batches = [[cands(1, 2, "htc"), cands(3, 1, "htc")], [cands(1, 1, "ci"), cands(3, 0, "ci")]]
+    *pooled, counts = PoolStage(2).process([1, 3], *batches)
     assert counts == [3, 1]
     assert pooled[0].sources == ("htc", "htc", "ci")
     # (each segment call's frames are checked by the segmenter: test_segment_pooling.py)
@@ -85,7 +79,7 @@ def test_the_graph_plans_a_36_frame_video_at_paper_counts():
     assert [x.stage for x in first] == ["segmentation"] * (2 * batches) + ["pooling"]
     pool = first[-1]
     assert g.waiting == pool.out(7) and pool.returns == 7 + 2 and not g.done  # 7 keyframes, counts, event
-    assert [x.pool for x in first[:2]] == [("segmentation", "htc")] * min(2, batches)
+    assert [x.key for x in first[:2]] == [("segmentation", "htc")] * min(2, batches)
     g.values[g.waiting] = [12] * 7  # 12 candidates on every keyframe
     rest = g.plan()
     per_call = c["propagation"]["candidates_per_call"]
@@ -93,7 +87,8 @@ def test_the_graph_plans_a_36_frame_video_at_paper_counts():
     assert stages.count("propagation") == 7 * -(-12 // per_call)
     assert stages[-4:] == ["nms", "grounding", "ensemble", "writer"] and g.done
     ground = rest[-3]
-    assert ground.pool == ("grounding", "tiny-r18-t+tiny-r18-t2") and ground.args[1] == rest[-4].out(1)
+    assert ground.key == ("grounding", "tiny-r18-t+tiny-r18-t2") and ground.args[1] == rest[-4].out(1)
+    assert set(graph.stages_of(c)) == {x.key for x in g.calls}  # a stage object for every call
     writer = rest[-1]
     assert all(x.event in writer.args for x in g.calls if x is not writer)
     with pytest.raises(graph.PlanError, match="propagation"):
@@ -106,7 +101,7 @@ def test_the_graph_plans_a_36_frame_video_at_paper_counts():
 def test_the_graph_orders_keyframes_when_covered_candidates_are_skipped():
     """propagation.avoid.covered_iou: each keyframe's calls take every earlier keyframe's tables
     (so they run after them) and a video's propagation calls share a replica; duplicate_iou
-    goes to the pooling call. Off (the default): neither, as in the paper."""
+    goes to the pooling stage. Off (the default): neither, as in the paper."""
     from omegaconf import OmegaConf
 
     from rvos_ray.config import load_config
@@ -117,21 +112,21 @@ def test_the_graph_orders_keyframes_when_covered_candidates_are_skipped():
     def propagation(*overrides):
         c = OmegaConf.to_container(load_config("configs/tiny.yaml", ["keyframes.k=7", *overrides]), resolve=True)
         g = graph.VideoGraph(c, work, "/tmp/run")
-        pool = g.plan()[-1]
+        g.plan()
         g.values[g.waiting] = [12] * 7
-        return pool, [x for x in g.plan() if x.stage == "propagation"]
+        return graph.stages_of(c)[("pooling",)], [x for x in g.plan() if x.stage == "propagation"]
 
     pool, calls = propagation()
-    assert pool.args[3] is None and {x.affinity for x in calls} == {""}
-    assert all(len(x.args) == 4 and x.args[3] is None for x in calls)  # no earlier tables
+    assert pool.duplicate_iou is None and {x.affinity for x in calls} == {""}
+    assert all(len(x.args) == 3 for x in calls)  # no earlier tables
     pool, calls = propagation("propagation.avoid.covered_iou=0.5", "propagation.avoid.duplicate_iou=0.7")
-    assert pool.args[3] == 0.7 and {x.affinity for x in calls} == {"v"}
+    assert pool.duplicate_iou == 0.7 and {x.affinity for x in calls} == {"v"}
     for x in calls:
         k = x.args[2].keyframe_index
-        earlier = {a.call for a in x.args[4:]}
+        earlier = {a.call for a in x.args[3:]}
         assert earlier == {y.id for y in calls if y.args[2].keyframe_index < k}
     _, calls = propagation("propagation.avoid.feature_cache_frames=36")
-    assert {x.affinity for x in calls} == {"v"} and all(len(x.args) == 4 for x in calls)
+    assert {x.affinity for x in calls} == {"v"} and all(len(x.args) == 3 for x in calls)
     paper = load_config("configs/paper.yaml").propagation.avoid  # paper-faithful: all off
     assert (paper.duplicate_iou, paper.covered_iou, paper.feature_cache_frames) == (None, None, 0)
 

@@ -17,7 +17,7 @@ from _runtime_support import VIDEOS, assert_same_results, copy_data, corrupt_vid
 
 ray = pytest.importorskip("ray")
 
-from rvos_ray.runtime import stage_adapters as adapters  # noqa: E402
+from rvos_ray.runtime import graph  # noqa: E402
 from rvos_ray.runtime.local_exec import run_local  # noqa: E402
 from rvos_ray.runtime.placement import PlacementError  # noqa: E402
 from rvos_ray.runtime.ray_exec import RayExecutor  # noqa: E402
@@ -33,7 +33,7 @@ PINNED = (
     "segmentation.resources.num_cpus=0.5",
     "propagation.resources.num_cpus=0.5",
     "grounding.resources.num_cpus=0.5",
-    "nms.resources.num_cpus=0.5",
+    "tasks.resources.num_cpus=0.5",
     "ray.max_videos_in_flight=3",
 )
 
@@ -93,7 +93,7 @@ def test_each_actor_runs_where_its_resources_say(executor, data, tmp_path):
             assert not others & set(p["resources"]), (stage, p)
     n_models = len(executor.c["segmentation"]["models"])
     # tiny.yaml's two variants share both encoders: one grounding actor holds them both
-    n_groups = len(adapters.grounder_groups(executor.c["grounding"]))
+    n_groups = len(graph.group_names(executor.c))
     assert n_groups == 1 < len(executor.c["grounding"]["variants"])
     assert len(executor.placements["segmentation"]) == n_models
     assert len(executor.placements["grounding"]) == n_groups
@@ -136,7 +136,7 @@ def test_unreadable_frames_fail_one_video_and_the_rest_is_scored(executor, refer
     assert pq.read_table(run / "failures.parquet").column("video_id").to_pylist() == [vid]
     # the worker's traceback is kept, down to the frame reader
     tb = json.loads((run / "failures" / f"{vid}.json").read_text())["traceback"]
-    assert "ModelActor.call" in tb and "segment_call" in tb and "read_image" in tb and ", line " in tb and "DataError" in tb
+    assert "ModelActor.call" in tb and "segment.py\", line" in tb and "read_image" in tb and ", line " in tb and "DataError" in tb
     metrics = pq.read_table(run / "metrics.parquet")
     ref = pq.read_table(reference / "metrics.parquet")
     assert ref.filter(ref.column("video").to_numpy(zero_copy_only=False) != vid).equals(metrics)
@@ -144,7 +144,7 @@ def test_unreadable_frames_fail_one_video_and_the_rest_is_scored(executor, refer
 
 # propagation.avoid on, two propagator replicas; CPU-only, beside the module's executor
 AVOID = (*(o for o in PINNED if ".resources." not in o), "propagation.resources.replicas=2",
-         *(f"{s}.resources.num_cpus=0.25" for s in ("segmentation", "propagation", "grounding", "nms")),
+         *(f"{s}.resources.num_cpus=0.25" for s in ("segmentation", "propagation", "grounding", "tasks")),
          "propagation.avoid.duplicate_iou=0.7", "propagation.avoid.covered_iou=0.3",
          "propagation.avoid.feature_cache_frames=16", "data.videos=2")
 

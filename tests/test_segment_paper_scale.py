@@ -31,11 +31,13 @@ def test_paper_yaml_lists_htc_and_condinst_with_valid_options():
 
 
 def test_tiny_yaml_segmentation_builds():
-    from rvos_ray.runtime.stage_adapters import build_segmenter
+    from rvos_ray.stages.segment import SegmentStage
 
     cfg = load_config("configs/tiny.yaml")
-    built = [build_segmenter(m, f"segmentation.models[{i}]") for i, m in enumerate(cfg.segmentation.models)]
-    assert [s.name for s in built] == [m.name for m in cfg.segmentation.models]
+    built = [SegmentStage(m, f"segmentation.models[{i}]") for i, m in enumerate(cfg.segmentation.models)]
+    for stage in built:
+        stage.setup()
+    assert [s.name for s in built] == [s.model.name for s in built] == [m.name for m in cfg.segmentation.models]
 
 
 @pytest.mark.slow

@@ -9,9 +9,8 @@ from omegaconf import OmegaConf
 
 from rvos_ray.registry import ConfigError
 from rvos_ray.runtime import pipeline as pl
-from rvos_ray.runtime.stage_adapters import build_segmenter
 from rvos_ray.seeding import seeded
-from rvos_ray.stages.segment import ScoreCalibration, make_candidates
+from rvos_ray.stages.segment import PoolStage, ScoreCalibration, SegmentStage, make_candidates
 from rvos_ray.types import Video
 
 from test_segment_mmdet import write_video  # noqa: E402  (same test folder)
@@ -62,9 +61,11 @@ def video(tmp_path_factory):
 
 
 def _build(section, seed=0):
-    """Each model built as the executors build it: seeded with the run's seed (random init)."""
-    return [seeded(seed, lambda m=m, i=i: build_segmenter(m, f"segmentation.models[{i}]"))
-            for i, m in enumerate(section.models)]
+    """Each model's stage set up as the executors do it: seeded with the run's seed (random init)."""
+    stages = [SegmentStage(m, f"segmentation.models[{i}]") for i, m in enumerate(section.models)]
+    for s in stages:
+        seeded(seed, s.setup)
+    return stages
 
 
 def test_two_model_pooling_keeps_both_sets(video):
@@ -72,9 +73,8 @@ def test_two_model_pooling_keeps_both_sets(video):
     segs = _build(tiny_section(calibration={"slope": 1.0, "bias": 2.0}))
     assert [s.name for s in segs] == ["htc", "condinst"]
     frames = [2, 0]
-    per_model = [[pl.segment_call(s, video, frames)] for s in segs]
-    pooled_out, counts = pl.pool_call(video, frames, per_model)
-    htc, condinst = (s.segmenter for s in segs)
+    *pooled_out, counts = PoolStage(len(segs)).process(frames, *(s.process(video, frames) for s in segs))
+    htc, condinst = (s.model for s in segs)
     for c, h, k in zip(pooled_out, htc.segment(video, frames), condinst.segment(video, frames)):
         assert c.frame == h.frame == k.frame
         assert c.sources == ("htc",) * len(h) + ("condinst",) * len(k)
@@ -106,7 +106,7 @@ def test_a_model_returning_other_frames_is_an_error(video):
             return [make_candidates(v.video_id, f + 1, 96, 128, np.zeros((0, 96, 128), bool), np.zeros(0),
                                     np.zeros(0), "wrong", 0.0, 1) for f in frames]
 
-    from rvos_ray.stages.segment import CalibratedSegmenter
-
+    stage = SegmentStage({"name": "wrong", "backend": "mmdet"}, "segmentation.models[0]")
+    stage.model = Wrong()
     with pytest.raises(RuntimeError, match=r"'wrong' returned frames \[1\] for requested \[0\]"):
-        CalibratedSegmenter(Wrong()).segment(video, [0])
+        stage.process(video, [0])

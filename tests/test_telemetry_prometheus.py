@@ -29,7 +29,7 @@ ray = pytest.importorskip("ray")
 
 from rvos_ray.config import load_config  # noqa: E402
 from rvos_ray.data.synthetic import make_shapes  # noqa: E402
-from rvos_ray.runtime import stage_adapters as adapters  # noqa: E402
+from rvos_ray.runtime import graph  # noqa: E402
 from rvos_ray.runtime.pipeline import STAGES  # noqa: E402
 from rvos_ray.runtime.ray_exec import RayExecutor  # noqa: E402
 from rvos_ray.runtime.ray_session import LOCAL_ENV  # noqa: E402
@@ -76,7 +76,7 @@ def live(tmp_path_factory):
         # scrape interval and left every rate at 0 (seen once, under load)
         cfg = load_config(REPO / "configs" / "tiny.yaml", [
             f"data.root={data}", f"run.dir={tmp / 'run'}", "ray.max_videos_in_flight=1",
-            *(f"{s}.resources.num_cpus=0.5" for s in ("segmentation", "propagation", "grounding", "nms"))])
+            *(f"{s}.resources.num_cpus=0.5" for s in ("segmentation", "propagation", "grounding", "tasks"))])
         t0 = time.time()
         summary = RayExecutor(cfg).run(progress=False)
         t1 = time.time()
@@ -194,7 +194,7 @@ def test_totals_match_the_run(live):
     models = {r["metric"].get("model") for r in items if r["metric"]["stage"] == "segmentation"}
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     # (a grounding call runs a group of variants that share encoders, tagged with its name)
-    assert variants == {adapters.group_name(g) for g in adapters.grounder_groups(cfg["grounding"])}
+    assert variants == set(graph.group_names(cfg))
     assert models == {m["name"] for m in cfg["segmentation"]["models"]}
 
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from rvos_ray import masks
-from rvos_ray.stages.tracklet_nms import TrackletNMS, nms_tracklets, tracklet_nms, tracklet_scores
+from rvos_ray.stages.tracklet_nms import NMSStage, nms_tracklets, tracklet_nms, tracklet_scores
 from rvos_ray.types import TRACKLET_SCHEMA, SchemaError, table_from_columns, validate
 
 H, W = 20, 24
@@ -153,7 +153,7 @@ def test_videos_are_independent_and_keep_input_order():
     t1 = _table("b", d1, [0.5] * 5, p1)
     t2 = _table("a", d2, [0.9] * 4, p2)
     both = pa.concat_tables([t1, t2])
-    out = TrackletNMS(0.5, 2).process(both)
+    out = NMSStage({"iou_threshold": 0.5, "max_tracklets": 2}).select(both)
     from omegaconf import OmegaConf
 
     from rvos_ray.config import NMSConfig

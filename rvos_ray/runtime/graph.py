@@ -1,42 +1,40 @@
 """The per-video graph, described once: which calls a video needs, what each consumes, and which
-model pool runs it. Both executors interpret it; no Ray here.
+stage object runs it. Both executors interpret it; no Ray here.
 
 The graph is a sequence of :data:`NODES`. Each node plans its calls for one video from the run's
 config and the outputs of earlier nodes (:class:`Out` placeholders); the fan-out keys are::
 
-    segmentation  per segmentation model x keyframe batch   model pool ("segmentation", model)
-    pooling       one per video                             a CPU task
-    propagation   per keyframe x chunk of candidates        model pool ("propagation",)
-    nms           one per video                             a CPU task
-    grounding     per group of variants sharing encoders    model pool ("grounding", group)
-    ensemble      one per video                             a CPU task
-    writer        one per video (its done record)           the writer
+    segmentation  per segmentation model x keyframe batch   SegmentStage per model (actors)
+    pooling       one per video                             PoolStage (a task)
+    propagation   per keyframe x chunk of candidates        PropagateStage (actors)
+    nms           one per video                             NMSStage (a task)
+    grounding     per group of variants sharing encoders    GroundStage per group (actors)
+    ensemble      one per video                             EnsembleStage (a task)
+    writer        one per video (its done record)           WriteStage (a task)
 
 A node may need the *value* of an earlier output to plan (propagation fans out on the pooled
 candidate counts): :meth:`VideoGraph.plan` stops there, the executor fetches that value
 (in-process: it has it; Ray: it waits for that small object) and planning resumes.
 
-What a call runs is a plain function of :mod:`rvos_ray.runtime.pipeline` called as
-``run(model, *args)`` (``model`` None for a task). Both executors run a call through
-:func:`execute`, which times it and reports it to telemetry (the stage event), around any
-stage: in-process directly, on Ray inside the pool's actor or a task, with every :class:`Out`
-argument an ObjectRef.
+A call names the stage object that runs it (its :attr:`~rvos_ray.stages.protocols.Stage.key`
+in :func:`stages_of`). Both executors run a call through :func:`execute`, which calls the
+stage's ``process`` and times it and reports it to telemetry (the stage event): in-process
+directly, on Ray inside the stage's actor (a stage with models) or a task, with every
+:class:`Out` argument an ObjectRef.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from rvos_ray.runtime import pipeline as pl
-from rvos_ray.runtime import stage_adapters as adapters
+from rvos_ray.stages.protocols import Stage
 from rvos_ray.types import Resources
 
-#: the model pools a run needs: key -> (stage, name); a pool is a model built once (in-process)
-#: or a set of actor replicas (Ray)
-PoolKey = tuple[str, ...]
+#: a stage object's key: (stage,) or (stage, name), e.g. ("segmentation", "htc")
+StageKey = tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -56,17 +54,19 @@ class Call:
     """One call of a video's graph."""
 
     id: str
-    stage: str
+    key: StageKey  # the stage object that runs it: stage.process(*args) -> its outputs
     item: str  # what the call covers, for events, errors and the stall report
     video_id: str
-    run: Callable[..., Any]  # run(model, *args) -> its outputs (a tuple when outputs > 1)
     args: tuple
     outputs: int  # values it returns before its event (the writer: 0, it returns its record)
-    pool: PoolKey | None = None  # the model pool that runs it; None: a CPU task
     tags: Mapping[str, str] = field(default_factory=dict)  # telemetry tags (model=, variant=)
     frames: int = 0  # the video's frames, when this call finishes its stage for the video
     completes: str = ""  # a fan-out stage this call consumes (done for the video as it starts)
     affinity: str = ""  # calls of one pool with the same affinity run on the same replica
+
+    @property
+    def stage(self) -> str:
+        return self.key[0]
 
     @property
     def event(self) -> Out:
@@ -148,22 +148,21 @@ class VideoGraph:
             raise NeedValue(out)
         return self.values[out]
 
-    def call(self, stage: str, item: str, run: Callable[..., Any], args: Sequence[Any], outputs: int,
-             pool: PoolKey | None = None, *, frames: bool = False, completes: str = "", affinity: str = "",
-             **tags: str) -> Call:
+    def call(self, key: StageKey, item: str, args: Sequence[Any], outputs: int, *, frames: bool = False,
+             completes: str = "", affinity: str = "", **tags: str) -> Call:
         """A call of this video (``frames``: it finishes its stage for the video)."""
-        return Call(f"{stage}:{item}", stage, item, self.work.video_id, run, tuple(args), outputs, pool, dict(tags),
+        return Call(f"{key[0]}:{item}", key, item, self.work.video_id, tuple(args), outputs, dict(tags),
                     self.video.num_frames if frames else 0, completes, affinity)  # items are unique per stage
 
 
-def execute(call: Call, model: Any, *args: Any) -> Any:
-    """Run ``call`` on ``model`` (None for a task) with its resolved ``args``: its outputs, then
-    its stage event (:func:`rvos_ray.runtime.pipeline.timed`: start/end, host, node, tags, and
-    the telemetry hooks). The writer returns its done record (it logs its own event with the
-    video's others before it marks the video done)."""
+def execute(call: Call, stage: Stage, *args: Any) -> Any:
+    """``stage.process`` on ``call``'s resolved ``args``: its outputs, then its stage event
+    (:func:`rvos_ray.runtime.pipeline.timed`: start/end, host, node, tags, and the telemetry
+    hooks). The writer returns its done record (it logs its own event with the video's others
+    before it marks the video done)."""
     if call.writer:
-        return call.run(model, *args)
-    out, ev = pl.timed(call.stage, call.video_id, call.item, lambda: call.run(model, *args),
+        return stage.process(*args)
+    out, ev = pl.timed(call.stage, call.video_id, call.item, lambda: stage.process(*args),
                        video_frames=call.frames, completes=call.completes, **call.tags)
     return (*out, ev) if call.outputs > 1 else (out, ev)
 
@@ -185,28 +184,15 @@ def _keyframe_batches(g: VideoGraph) -> tuple[list[int], list[list[int]]]:
 
 def _segmentation(g: VideoGraph) -> list[Call]:
     _, batches = _keyframe_batches(g)
-    return [g.call("segmentation", f"{name}@{','.join(map(str, frames))}", pl.segment_call, (VIDEO, frames), 1,
-                   ("segmentation", name), model=name)
+    return [g.call(("segmentation", name), f"{name}@{','.join(map(str, frames))}", (VIDEO, frames), 1, model=name)
             for name in _model_names(g.c) for frames in batches]
 
 
 def _pooling(g: VideoGraph) -> list[Call]:
-    keyframes, _ = _keyframe_batches(g)
-    seg = g.by_stage["segmentation"]
-    duplicate_iou = g.c["propagation"]["avoid"]["duplicate_iou"]
-    return [g.call("pooling", "all", _pool, (VIDEO, keyframes, len(_model_names(g.c)), duplicate_iou,
-                                             *(c.out(0) for c in seg)),
-                   len(keyframes) + 1, frames=True, completes="segmentation")]
-
-
-def _pool(_: Any, video: Any, keyframes: Sequence[int], n_models: int, duplicate_iou: float | None,
-          *batches: Any) -> tuple[Any, ...]:
-    """(each keyframe's pooled candidates, ..., their counts): ``batches`` are every model's
-    segment results, model by model (each keyframe's candidates become an object of its own)."""
-    per = len(batches) // max(n_models, 1)
-    pooled, counts = pl.pool_call(video, keyframes, [batches[m * per : (m + 1) * per] for m in range(n_models)],
-                                  duplicate_iou)
-    return (*pooled, counts)
+    keyframes, _ = _keyframe_batches(g)  # each keyframe's candidates become an object of its own
+    batches = [c.out(0) for c in g.by_stage["segmentation"]]
+    return [g.call(("pooling",), "all", (keyframes, *batches), len(keyframes) + 1, frames=True,
+                   completes="segmentation")]
 
 
 def _propagation(g: VideoGraph) -> list[Call]:
@@ -214,6 +200,8 @@ def _propagation(g: VideoGraph) -> list[Call]:
     the tracklets of every earlier keyframe (so they run after them) and skip the candidates
     those already cover; the calls of a video then share a replica (``affinity``), as they do
     when the propagator keeps frame features for later calls (``feature_cache_frames``)."""
+    from rvos_ray.stages.propagate import propagation_plan
+
     pool = g.by_stage["pooling"][0]
     counts = g.value(pool.out(pool.outputs - 1))
     avoid = g.c["propagation"]["avoid"]
@@ -221,52 +209,36 @@ def _propagation(g: VideoGraph) -> list[Call]:
     affinity = g.work.video_id if covered is not None or avoid["feature_cache_frames"] else ""
     calls: list[Call] = []
     tables: dict[int, list[Out]] = {}  # keyframe number -> its calls' tracklet tables
-    for x in pl.propagation_plan(counts, g.c["propagation"]["candidates_per_call"]):
+    for x in propagation_plan(counts, g.c["propagation"]["candidates_per_call"]):
         k = x.keyframe_index
         earlier = [t for j in range(k) for t in tables.get(j, ())] if covered is not None else []
-        calls.append(g.call("propagation", f"keyframe {k} candidates [{x.start}:{x.stop}]", pl.propagate_call,
-                            (VIDEO, pool.out(k), x, covered, *earlier), 2, ("propagation",), affinity=affinity))
+        calls.append(g.call(("propagation",), f"keyframe {k} candidates [{x.start}:{x.stop}]",
+                            (VIDEO, pool.out(k), x, *earlier), 2, affinity=affinity))
         tables.setdefault(k, []).append(calls[-1].out(0))
     return calls
 
 
 def _nms(g: VideoGraph) -> list[Call]:
     tables = [c.out(0) for c in g.by_stage["propagation"]]
-    return [g.call("nms", "all", _run_nms, (g.c["nms"], VIDEO, *tables), 2, frames=True, completes="propagation")]
-
-
-def _run_nms(_: Any, nms_cfg: Mapping[str, Any], video: Any, *tables: Any) -> tuple[Any, ...]:
-    return pl.nms_call(nms_cfg, video, tables)
+    return [g.call(("nms",), "all", tables, 2, frames=True, completes="propagation")]
 
 
 def _grounding(g: VideoGraph) -> list[Call]:
     kept = g.by_stage["nms"][0].out(1)
-    return [g.call("grounding", name, pl.ground_call, (WORK, kept), 2, ("grounding", name), variant=name)
-            for name in _group_names(g.c)]
+    return [g.call(("grounding", name), name, (WORK, kept), 2, variant=name) for name in group_names(g.c)]
 
 
 def _ensemble(g: VideoGraph) -> list[Call]:
     tables = [c.out(0) for c in g.by_stage["grounding"]]
-    return [g.call("ensemble", "all", _run_ensemble, (g.c["ensemble"], WORK, *tables), 2, frames=True,
-                   completes="grounding")]
-
-
-def _run_ensemble(_: Any, ens_cfg: Mapping[str, Any], work: Any, *tables: Any) -> tuple[Any, ...]:
-    return pl.ensemble_call(ens_cfg, work, tables)
+    return [g.call(("ensemble",), "all", tables, 2, frames=True, completes="grounding")]
 
 
 def _writer(g: VideoGraph) -> list[Call]:
     nms, ens = g.by_stage["nms"][0], g.by_stage["ensemble"][0]
     passes = [c.out(1) for c in (*g.by_stage["propagation"], *g.by_stage["grounding"])]
     events = [c.event for c in g.calls]
-    return [g.call("writer", "all", _finish, (g.run_uri, g.c, WORK, nms.out(0), nms.out(1), ens.out(0), ens.out(1),
-                                              len(passes), *passes, *events), 0)]
-
-
-def _finish(_: Any, run_uri: str, c: Mapping[str, Any], work: Any, every: Any, kept: Any, grounding: Any,
-            prediction: Any, n_passes: int, *rest: Any) -> dict[str, Any]:
-    """``rest``: the propagation and grounding calls' encoder passes, then every call's event."""
-    return pl.finish_video(run_uri, c, work, every, kept, grounding, prediction, rest[n_passes:], rest[:n_passes])
+    return [g.call(("writer",), "all", (WORK, nms.out(0), nms.out(1), ens.out(0), ens.out(1), len(passes), *passes,
+                                         *events), 0)]
 
 
 #: the graph: one node per stage, in pipeline order (``pipeline.STAGES``)
@@ -283,39 +255,39 @@ assert tuple(n.stage for n in NODES) == pl.STAGES
 
 
 # --------------------------------------------------------------------------------------------
-# The model pools of a run
+# The stage objects of a run
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Pool:
-    """A model the graph's calls run on: its key, stage, name, resources and builder."""
+def stages_of(c: Mapping[str, Any], run_uri: str = "") -> dict[StageKey, Stage]:
+    """Every stage object a run of config ``c`` (plain dict) calls, by key, in graph order: one
+    per segmentation model, pooling, the propagator, NMS, one per grounder group, ensemble and
+    the writer (into ``run_uri``). Those with models run on actors; the others are tasks with
+    the ``tasks`` section's resources."""
+    from rvos_ray.stages.ensemble import EnsembleStage
+    from rvos_ray.stages.ground import GroundStage
+    from rvos_ray.stages.propagate import PropagateStage
+    from rvos_ray.stages.segment import PoolStage, SegmentStage
+    from rvos_ray.stages.tracklet_nms import NMSStage
 
-    key: PoolKey
-    stage: str
-    name: str
-    resources: Resources
-    build: Callable[[], Any]  # seeded by the executor with run.seed
-
-
-def pools_of(c: Mapping[str, Any]) -> list[Pool]:
-    """Every model pool of a run of config ``c`` (plain dict), in graph order."""
-    seed = int(c["run"]["seed"])
-    seg, prop, gnd = (Resources.of(c[s]) for s in ("segmentation", "propagation", "grounding"))
-    out = [Pool(("segmentation", str(m["name"])), "segmentation", str(m["name"]), seg,
-                partial(adapters.build_segmenter, m, f"segmentation.models[{i}]"))
-           for i, m in enumerate(c["segmentation"]["models"])]
-    out.append(Pool(("propagation",), "propagation", "propagator", prop, partial(adapters.build_propagator,
-                                                                                  c["propagation"])))
-    out += [Pool(("grounding", adapters.group_name(grp)), "grounding", adapters.group_name(grp), gnd,
-                 partial(adapters.build_grounder, grp, c["grounding"], seed))
-            for grp in adapters.grounder_groups(c["grounding"])]
-    return out
+    seg, tasks, models = Resources.of(c["segmentation"]), Resources.of(c["tasks"]), c["segmentation"]["models"]
+    out: list[Stage] = [SegmentStage(m, f"segmentation.models[{i}]", seg) for i, m in enumerate(models)]
+    out += [PoolStage(len(models), c["propagation"]["avoid"]["duplicate_iou"], tasks), PropagateStage(c["propagation"]),
+            NMSStage(c["nms"], tasks)]
+    out += [GroundStage(c["grounding"], group, int(c["run"]["seed"])) for group in _groups(c)]
+    out += [EnsembleStage(c["ensemble"], tasks), pl.WriteStage(run_uri, c, tasks)]
+    return {s.key: s for s in out}
 
 
 def _model_names(c: Mapping[str, Any]) -> list[str]:
     return [str(m["name"]) for m in c["segmentation"]["models"]]
 
 
-def _group_names(c: Mapping[str, Any]) -> list[str]:
-    return [adapters.group_name(grp) for grp in adapters.grounder_groups(c["grounding"])]
+def _groups(c: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    from rvos_ray.stages.ground import encoder_groups
+
+    return encoder_groups(c["grounding"].get("variants") or [])
+
+
+def group_names(c: Mapping[str, Any]) -> list[str]:
+    return ["+".join(group) for group in _groups(c)]

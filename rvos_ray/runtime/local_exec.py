@@ -24,22 +24,28 @@ log = logging.getLogger(__name__)
 
 
 class LocalStages:
-    """Every model of the run, built once: one per model pool of the graph
-    (:func:`rvos_ray.runtime.graph.pools_of`; the Ray executor builds the same, one per actor)."""
+    """The stages with models of a run, set up once (seeded with ``run.seed``; the Ray
+    executor sets up the same, one per actor), for runs whose model sections are the same."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        c = OmegaConf.to_container(cfg, resolve=True)
-        seed = int(c["run"]["seed"])
-        self.models = {pool.key: seeded(seed, pool.build) for pool in graph.pools_of(c)}
-        self.cfg = c
+        self.cfg = c = OmegaConf.to_container(cfg, resolve=True)
+        self.models = {k: s for k, s in graph.stages_of(c).items() if s.has_models}
+        for s in self.models.values():
+            seeded(int(c["run"]["seed"]), s.setup)
+
+    def of_run(self, c: dict[str, Any], run_uri: str) -> dict[graph.StageKey, Any]:
+        """Every stage object of a run of config ``c``: these models, the run's own tasks."""
+        return {**graph.stages_of(c, run_uri), **self.models}
 
 
-def process_video(stages: LocalStages, rd: RunDir, work: pl.VideoWork, c: dict[str, Any] | None = None
-                  ) -> dict[str, Any]:
+def process_video(stages: LocalStages, rd: RunDir, work: pl.VideoWork, c: dict[str, Any] | None = None,
+                  run: dict[graph.StageKey, Any] | None = None) -> dict[str, Any]:
     """The video's graph (:mod:`rvos_ray.runtime.graph`), call after call, under the run's
-    config ``c`` (a plain dict; default: the one the models were built from). Returns the done
-    record; raises :class:`StageFailure` naming the stage of the call that failed."""
-    g = graph.VideoGraph(stages.cfg if c is None else c, work, rd.uri)
+    config ``c`` (a plain dict; default: the one the models were built from) and its stage
+    objects ``run`` (default: :meth:`LocalStages.of_run`). Returns the done record; raises
+    :class:`StageFailure` naming the stage of the call that failed."""
+    c = stages.cfg if c is None else c
+    g, run = graph.VideoGraph(c, work, rd.uri), run or stages.of_run(c, rd.uri)
     g.values.update({graph.VIDEO: work.video, graph.WORK: work})
     while True:
         try:
@@ -51,7 +57,7 @@ def process_video(stages: LocalStages, rd: RunDir, work: pl.VideoWork, c: dict[s
         for call in new:
             args = [g.values[a] if isinstance(a, graph.Out) else a for a in call.args]
             try:
-                result = graph.execute(call, stages.models[call.pool] if call.pool else None, *args)
+                result = graph.execute(call, run[call.key], *args)
             except Exception as e:  # noqa: BLE001 - recorded per video, naming the stage
                 raise StageFailure(call.stage, e) from e
             if call.writer:
@@ -87,6 +93,7 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
     if stages is None and p.todo:
         stages = LocalStages(cfg)
     run_c = OmegaConf.to_container(cfg, resolve=True)  # models may be reused; the run's own settings
+    run = stages.of_run(run_c, rd.uri) if stages is not None else {}
     out.timings["setup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     bar = tqdm(total=len(p.todo), desc="videos", unit="video", disable=not progress)
@@ -94,7 +101,7 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
     for work in p.todo:
         out.event("video_start", work.video_id)
         try:
-            out.done[work.video_id] = process_video(stages, rd, work, run_c)
+            out.done[work.video_id] = process_video(stages, rd, work, run_c, run)
             rates.add(out.done[work.video_id])
             out.event("video_done", work.video_id)
         except StageFailure as e:

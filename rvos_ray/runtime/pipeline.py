@@ -1,16 +1,12 @@
-"""The per-video stage sequence as plain Python, shared by both executors. No Ray here.
+"""What both executors share around the stages: the split, stage events, keyframe batches, and
+the writer stage (tables, submission PNGs, metrics, events, ``done.json``). No Ray here.
 
-One video goes through::
-
-    keyframe batches --segment (per model)--> pool per keyframe --> propagation plan
-      --propagate (per keyframe x chunk of candidates)--> tracklet-NMS
-      --ground (per group of variants sharing encoders)--> ensemble --> finish_video (tables, submission PNGs, metrics, events, done.json)
-
-The stage functions here are plain: records in, records out. Which calls a video needs, and
-where they run, is the graph of :mod:`rvos_ray.runtime.graph`; the executors run each call
-through :func:`rvos_ray.runtime.graph.execute`, which times it (:func:`timed`: one stage event
-per call, and the telemetry hooks) around any stage. Identical inputs give identical tables on
-both executors (tracklet ids come from the plan, not from arrival order).
+The stages themselves are the :class:`~rvos_ray.stages.protocols.Stage` classes of
+:mod:`rvos_ray.stages` (and :class:`WriteStage` here); which calls a video needs, and where they
+run, is the graph of :mod:`rvos_ray.runtime.graph`. The executors run each call through
+:func:`rvos_ray.runtime.graph.execute`, which times it (:func:`timed`: one stage event per call,
+and the telemetry hooks). Identical inputs give identical tables on both executors (tracklet
+ids come from the plan, not from arrival order).
 """
 
 from __future__ import annotations
@@ -20,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -28,21 +25,11 @@ import pyarrow as pa
 from rvos_ray import masks as rle
 from rvos_ray.data.errors import DataError
 from rvos_ray.registry import ConfigError
-from rvos_ray.runtime import stage_adapters as adapters
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.stages.keyframes import keyframes_of
+from rvos_ray.stages.protocols import Stage
 from rvos_ray.telemetry import metrics as telemetry
-from rvos_ray.types import (
-    GROUNDING_SCHEMA,
-    METRICS_SCHEMA,
-    PREDICTION_SCHEMA,
-    TRACKLET_SCHEMA,
-    Candidates,
-    Expression,
-    Video,
-    table_from_columns,
-    validate,
-)
+from rvos_ray.types import METRICS_SCHEMA, Resources, Video, VideoWork, table_from_columns
 
 Event = dict[str, Any]
 
@@ -52,33 +39,6 @@ PROCESS_NODE = ""
 
 #: stage names as they appear in events, failures and the summary, in pipeline order
 STAGES = ("segmentation", "pooling", "propagation", "nms", "grounding", "ensemble", "writer")
-
-
-@dataclass(frozen=True)
-class VideoWork:
-    """One video of the split with its expressions: all a worker needs (no pixels)."""
-
-    video: Video
-    expressions: tuple[Expression, ...]
-
-    @property
-    def video_id(self) -> str:
-        return self.video.video_id
-
-
-@dataclass(frozen=True)
-class PropagationCall:
-    """Candidates ``[start, stop)`` of keyframe number ``keyframe_index`` become tracklets
-    ``first_id .. first_id + stop - start - 1``."""
-
-    keyframe_index: int
-    start: int
-    stop: int
-    first_id: int
-
-    @property
-    def tracklet_ids(self) -> list[int]:
-        return list(range(self.first_id, self.first_id + self.stop - self.start))
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,6 +94,22 @@ def compute_seconds(events: Sequence[Event]) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=8)
+def open_dataset(dataset: str, root: str, split: str) -> Any:
+    """The split's reader (cached per process: each worker builds it once, from small JSON)."""
+    from rvos_ray.data.datasets import open_dataset as open_
+
+    return open_(root, split, dataset)
+
+
+@lru_cache(maxsize=8)
+def scorer(dataset: str, root: str, split: str, protocol: str, strict: bool) -> Any:
+    from rvos_ray.evaluation.scorer import Scorer
+
+    return Scorer(open_dataset(dataset, root, split), protocol=protocol, strict=strict)
+
+
+
 @dataclass(frozen=True)
 class Split:
     """The videos of a run in split order: those ready to process, and those whose input is
@@ -150,7 +126,7 @@ def load_split(cfg: Any) -> Split:
     whose input is broken does not stop the others (``data.strict``: it does, by raising)."""
     if not cfg.segmentation.models:
         raise ConfigError("segmentation.models: empty; list at least one model (name, backend, options)")
-    reader = adapters.open_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split)
+    reader = open_dataset(cfg.data.dataset, cfg.data.root, cfg.data.split)
     ids = reader.video_ids()
     sel = cfg.data.videos
     if sel is None:
@@ -181,7 +157,7 @@ def list_work(cfg: Any) -> list[VideoWork]:
 
 
 # --------------------------------------------------------------------------------------------
-# Segmentation and pooling
+# Keyframes
 # --------------------------------------------------------------------------------------------
 
 
@@ -190,131 +166,6 @@ def keyframe_batches(video: Video, k: int, batch_size: int) -> tuple[list[int], 
     frames = keyframes_of(video, k)
     b = max(int(batch_size), 1)
     return frames, [frames[i : i + b] for i in range(0, len(frames), b)]
-
-
-def segment_call(segmenter: Any, video: Video, frames: Sequence[int]) -> list[Candidates]:
-    """One model on one batch of keyframes (frames are read by the segmenter itself)."""
-    return list(segmenter.segment(video, list(frames)))
-
-
-def pool_call(video: Video, keyframes: Sequence[int], per_model: Sequence[Sequence[list[Candidates]]],
-              duplicate_iou: float | None = None) -> tuple[list[Candidates], list[int]]:
-    """(each keyframe's candidates, their counts): every model's candidates pooled per keyframe,
-    in model order (the paper pools HTC and CondInst proposals). ``per_model[m]`` is model m's
-    list of batch results; each segment call returned the frames of its batch (checked by the
-    segmenter), so a model's batches in order are the keyframes in order. ``duplicate_iou``
-    (``propagation.avoid``): same-keyframe duplicates merged first (:mod:`rvos_ray.stages.prune`)."""
-    from rvos_ray.stages.prune import merge_duplicates
-
-    flat = [[c for batch in model for c in batch] for model in per_model]
-    pooled = [Candidates.concat([m[i] for m in flat]) for i in range(len(keyframes))]
-    if duplicate_iou is not None:
-        pooled = [merge_duplicates(c, float(duplicate_iou)) for c in pooled]
-    return pooled, [len(c) for c in pooled]
-
-
-def propagation_plan(counts: Sequence[int], chunk: int) -> list[PropagationCall]:
-    """Calls per keyframe and per chunk of ``chunk`` candidates; tracklet ids number the
-    candidates keyframe by keyframe, so they do not depend on which call finishes first."""
-    if chunk < 1:
-        raise ConfigError(f"propagation.candidates_per_call must be >= 1, got {chunk}")
-    calls, next_id = [], 0
-    for k, n in enumerate(counts):
-        for s in range(0, n, chunk):
-            e = min(s + chunk, n)
-            calls.append(PropagationCall(k, s, e, next_id + s))
-        next_id += n
-    return calls
-
-
-def slice_candidates(c: Candidates, start: int, stop: int) -> Candidates:
-    from rvos_ray.stages.prune import subset
-
-    return subset(c, range(start, stop))
-
-
-def propagate_call(propagator: Any, video: Video, candidates: Candidates, call: PropagationCall,
-                   covered_iou: float | None = None, *earlier: pa.Table
-                   ) -> tuple[pa.Table, dict[str, dict[str, int]]]:
-    """(tracklets, passes): one chunk of one keyframe's candidates through the video. With
-    ``covered_iou`` (``propagation.avoid``), the candidates an ``earlier`` keyframe's tracklet
-    already covers at their frame are not propagated (their tracklet ids stay unused). The
-    passes are ``{"propagation": {"backbone": frames the backbone encoded}}`` (the summary's
-    ``encoder_passes`` with the grounders')."""
-    from rvos_ray.stages.prune import masks_at, subset, uncovered
-
-    chunk, ids = slice_candidates(candidates, call.start, call.stop), call.tracklet_ids
-    if covered_iou is not None and earlier:
-        keep = uncovered(chunk, masks_at(earlier, chunk.frame), float(covered_iou))
-        chunk, ids = subset(chunk, keep), [ids[i] for i in keep]
-    before = int(getattr(propagator, "backbone_forward_passes", 0))
-    table = propagator.propagate(video, chunk, ids)
-    passes = int(getattr(propagator, "backbone_forward_passes", 0)) - before
-    return (validate(table, TRACKLET_SCHEMA, f"propagation of {video.video_id!r} keyframe {candidates.frame}"),
-            {"propagation": {"backbone": passes} if passes else {}})
-
-
-# --------------------------------------------------------------------------------------------
-# Tracklet-NMS, grounding, ensemble
-# --------------------------------------------------------------------------------------------
-
-
-def concat_tracklets(tables: Sequence[pa.Table]) -> pa.Table:
-    """All tracklets of a video, sorted by (tracklet_id, frame). Dictionaries are unified so
-    tables from different calls (different ``source`` dictionaries) concatenate."""
-    if not tables:
-        return TRACKLET_SCHEMA.empty_table()
-    t = pa.concat_tables(list(tables)).unify_dictionaries().combine_chunks()
-    return t.sort_by([("tracklet_id", "ascending"), ("frame", "ascending")])
-
-
-def nms_call(nms_cfg: Mapping[str, Any], video: Video, tables: Sequence[pa.Table]) -> tuple[pa.Table, pa.Table]:
-    """(all tracklets of the video, the tracklets NMS keeps)."""
-    from rvos_ray.stages.tracklet_nms import tracklet_nms
-
-    every = concat_tracklets(tables)
-    return every, tracklet_nms(every, nms_cfg)
-
-
-def ground_call(grounder: Any, work: VideoWork, tracklets: pa.Table) -> tuple[pa.Table, dict[str, dict[str, int]]]:
-    """(grounding table, encoder passes): one grounding stage (a group of variants sharing
-    encoders) over every expression of the video (frames read by the stage); the passes are
-    ``{"visual": {encoder: frames}, "text": {encoder: expressions}}`` of this call."""
-    before = encoder_passes(grounder)
-    table = grounder.ground(work.video, tracklets, list(work.expressions))
-    return table, add_passes(encoder_passes(grounder), before, sign=-1)
-
-
-def encoder_passes(grounder: Any) -> dict[str, dict[str, int]]:
-    """The encoder work a grounding stage has done since it was built (see its ``counts``)."""
-    c = grounder.counts
-    return {"visual": dict(c.visual_frames), "text": dict(c.text_expressions)}
-
-
-def add_passes(a: Mapping[str, Mapping[str, int]], b: Mapping[str, Mapping[str, int]], sign: int = 1
-               ) -> dict[str, dict[str, int]]:
-    """``a + sign * b`` per kind and encoder, leaving out encoders with no passes."""
-    out: dict[str, dict[str, int]] = {}
-    for kind in sorted({"visual", "text", *a, *b}):
-        x, y = a.get(kind, {}), b.get(kind, {})
-        out[kind] = {k: n for k in sorted({*x, *y}) if (n := int(x.get(k, 0)) + sign * int(y.get(k, 0)))}
-    return out
-
-
-def ensemble_call(ens_cfg: Mapping[str, Any], work: VideoWork, grounding: Sequence[pa.Table]) -> tuple[pa.Table, pa.Table]:
-    """(all variants' grounding table, the prediction table)."""
-    from rvos_ray.stages.ensemble import Ensembler
-
-    g = concat_grounding(grounding)
-    return g, validate(Ensembler(ens_cfg).combine(g), PREDICTION_SCHEMA, f"prediction of {work.video_id!r}")
-
-
-def concat_grounding(tables: Sequence[pa.Table]) -> pa.Table:
-    """Every variant's grounding rows of one video, in a fixed order (variant-major)."""
-    if not tables:
-        return GROUNDING_SCHEMA.empty_table()
-    t = pa.concat_tables(list(tables)).combine_chunks()
-    return t.sort_by([(k, "ascending") for k in ("exp_id", "variant", "frame", "tracklet_id")])
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +212,7 @@ def score_video(cfg: Mapping[str, Any], work: VideoWork, tracklets: pa.Table, pr
     protocol; None when the video has no ground truth (no annotated frame, or expressions
     without an object id, like the official valid split)."""
     d, ev = cfg["data"], cfg["evaluation"]
-    reader = adapters.open_dataset(d["dataset"], d["root"], d["split"])
+    reader = open_dataset(d["dataset"], d["root"], d["split"])
     if not all(e.obj_ids for e in work.expressions):
         return None  # an unannotated split (the official valid meta names no objects)
     if not reader.annotated_frames(work.video_id):
@@ -370,8 +221,7 @@ def score_video(cfg: Mapping[str, Any], work: VideoWork, tracklets: pa.Table, pr
                         f"the objects they refer to (an annotated split); set run.score=false to "
                         f"write predictions without scoring")
     h, w = frame_size(tracklets, work.video)
-    scorer = adapters.scorer(d["dataset"], d["root"], d["split"], ev["protocol"], bool(ev["strict"]))
-    vs = scorer.score_video(work.video_id, ChosenMasks(work, tracklets, prediction, h, w))
+    vs = scorer(d["dataset"], d["root"], d["split"], ev["protocol"], bool(ev["strict"])).score_video(work.video_id, ChosenMasks(work, tracklets, prediction, h, w))
     rows = vs.expressions
     table = table_from_columns(
         {"video": [r.video for r in rows], "exp_id": [r.exp_id for r in rows], "J": [r.J for r in rows],
@@ -380,52 +230,59 @@ def score_video(cfg: Mapping[str, Any], work: VideoWork, tracklets: pa.Table, pr
     return table, vs.n_annotated
 
 
-def finish_video(run_uri: str, cfg: Mapping[str, Any], work: VideoWork, every: pa.Table, kept: pa.Table,
-                 grounding: pa.Table, prediction: pa.Table, events: Sequence[Event],
-                 passes: Sequence[Mapping[str, Mapping[str, int]]] = ()) -> dict[str, Any]:
-    """Write the video's tables, submission PNGs and (``run.score``, annotated splits) metrics,
-    then ``done.json`` last. ``cfg`` is the run's config as a plain dict; ``passes``: the
-    grounding calls' encoder passes (summed into the record's ``encoder_passes``).
+class WriteStage(Stage):
+    """The video's tables, submission PNGs and (``run.score``, annotated splits) metrics, then
+    ``done.json`` last, in the run directory ``run_uri``; ``c`` is the run's config (a plain
+    dict). Its call returns the small done record the driver keeps (counts, per-stage seconds,
+    encoder passes); it times itself, so its own event is in the video's event log."""
 
-    Returns the small done record the driver keeps (counts, per-stage seconds, mean J&F)."""
-    from rvos_ray.data.submission import write_predictions
+    stage = "writer"
 
-    rd = RunDir(run_uri)
+    def __init__(self, run_uri: str, c: Mapping[str, Any], resources: Resources = Resources()) -> None:
+        super().__init__(resources)
+        self.run_uri, self.c = run_uri, c
 
-    def run() -> dict[str, Any]:
-        vid = work.video_id
-        rd.write_table(vid, "tracklets_all", every)
-        rd.write_table(vid, "tracklets", kept)
-        rd.write_table(vid, "grounding", grounding)
-        rd.write_table(vid, "prediction", prediction)
-        pngs = write_predictions(rd.submission_dir, kept, prediction, work.video, work.expressions)
-        scored = score_video(cfg, work, kept, prediction) if cfg["run"]["score"] else None
-        record: dict[str, Any] = {
-            "expressions": len(work.expressions), "frames": work.video.num_frames, "pngs": pngs,
-            "tracklets": _num_tracklets(every), "kept": _num_tracklets(kept),
-            "encoder_passes": sum_passes(passes)}
-        if scored is not None:
-            rd.write_table(vid, "metrics", scored[0])
-            record["annotated_frames"] = scored[1]
+    def process(self, work: VideoWork, every: pa.Table, kept: pa.Table, grounding: pa.Table, prediction: pa.Table,
+                n_passes: int, *rest: Any) -> dict[str, Any]:
+        """``rest``: the propagation and grounding calls' encoder passes (``n_passes`` of them,
+        summed into the record's ``encoder_passes``), then every earlier call's event."""
+        from rvos_ray.data.submission import write_predictions
+
+        rd, vid = RunDir(self.run_uri), work.video_id
+
+        def run() -> dict[str, Any]:
+            for name, table in (("tracklets_all", every), ("tracklets", kept), ("grounding", grounding),
+                                ("prediction", prediction)):
+                rd.write_table(vid, name, table)
+            pngs = write_predictions(rd.submission_dir, kept, prediction, work.video, work.expressions)
+            scored = score_video(self.c, work, kept, prediction) if self.c["run"]["score"] else None
+            record: dict[str, Any] = {
+                "expressions": len(work.expressions), "frames": work.video.num_frames, "pngs": pngs,
+                "tracklets": _num_tracklets(every), "kept": _num_tracklets(kept),
+                "encoder_passes": sum_passes(rest[:n_passes])}
+            if scored is not None:
+                rd.write_table(vid, "metrics", scored[0])
+                record["annotated_frames"] = scored[1]
+            return record
+
+        record, ev = timed(self.stage, vid, "all", run, video_frames=work.video.num_frames)
+        events = [*rest[n_passes:], ev]
+        rd.write_events(vid, events)
+        record["stage_seconds"] = per_stage = {}
+        for e in events:
+            per_stage[e["stage"]] = per_stage.get(e["stage"], 0.0) + e["end"] - e["start"]
+        rd.mark_done(vid, record)
         return record
-
-    record, ev = timed("writer", work.video_id, "all", run, video_frames=work.video.num_frames)
-    all_events = [*events, ev]
-    rd.write_events(work.video_id, all_events)
-    per_stage: dict[str, float] = {}
-    for e in all_events:
-        per_stage[e["stage"]] = per_stage.get(e["stage"], 0.0) + e["end"] - e["start"]
-    record["stage_seconds"] = per_stage
-    rd.mark_done(work.video_id, record)
-    return record
 
 
 def sum_passes(passes: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
-    """The sum of several calls' (or videos') encoder passes."""
+    """The sum of several calls' (or videos') encoder passes, per kind and encoder."""
     total: dict[str, dict[str, int]] = {"visual": {}, "text": {}}
     for p in passes:
-        total = add_passes(total, p)
-    return total
+        for kind, by in p.items():
+            for k, n in by.items():
+                total.setdefault(kind, {})[k] = total.get(kind, {}).get(k, 0) + int(n)
+    return {kind: dict(sorted(by.items())) for kind, by in sorted(total.items())}
 
 
 def _num_tracklets(t: pa.Table) -> int:

@@ -75,12 +75,13 @@ class NodeResources:
 
 def requests_of(c: Mapping) -> list[ActorRequest]:
     """Every actor replica a run of the config ``c`` (a plain dict) needs (one per replica of
-    each model pool of the graph), plus one slot for its CPU tasks (pooling, NMS, ensemble,
-    writer), which ask for the ``nms`` section's."""
-    from rvos_ray.runtime.graph import pools_of
+    each stage with models), plus one slot for the tasks of the other stages (pooling, NMS,
+    ensemble, writer), which ask for the ``tasks`` section's."""
+    from rvos_ray.runtime.graph import stages_of
 
-    out = [ActorRequest.of(p.stage, p.name, p.resources) for p in pools_of(c) for _ in range(p.resources.replicas)]
-    out.append(ActorRequest.of("tasks", "nms/ensemble/writer", Resources.of(c["nms"])))
+    out = [ActorRequest.of(s.stage, s.name or s.stage, s.resources) for s in stages_of(c).values() if s.has_models
+           for _ in range(s.resources.replicas)]
+    out.append(ActorRequest.of("tasks", "pooling/nms/ensemble/writer", Resources.of(c["tasks"])))
     return out
 
 

@@ -2,10 +2,10 @@
 
 What runs is :mod:`rvos_ray.runtime.pipeline`; this module decides where and when:
 
-- **Actors hold models**, each loaded once: a :class:`ModelActor` per model pool of the graph
-  (:func:`rvos_ray.runtime.graph.pools_of`: each segmentation model, the propagator, each group
-  of grounder variants sharing an encoder), ``replicas`` times each. Each asks for its stage's ``resources:`` (``num_cpus``, ``num_gpus``,
-  ``custom``), so on a GPU cluster they land on separate GPUs and custom resources steer them to
+- **Actors hold models**, each loaded once: a :class:`ModelActor` per stage with models
+  (:func:`rvos_ray.runtime.graph.stages_of`: each segmentation model, the propagator, each group
+  of grounder variants sharing an encoder), ``replicas`` times each. Each asks for its stage's
+  ``resources:`` (``num_cpus``, ``num_gpus``, ``custom``), so on a GPU cluster they land on separate GPUs and custom resources steer them to
   node types. Actors restart (``ray.max_restarts``), in place or on another node, and their
   interrupted calls are retried for as long as the restart takes.
 - **Per video**, the driver interprets the graph of :mod:`rvos_ray.runtime.graph`: one segment
@@ -55,6 +55,7 @@ from rvos_ray.runtime.placement import (
 )
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.seeding import seeded
+from rvos_ray.stages.protocols import Stage
 from rvos_ray.telemetry import metrics as telemetry
 from rvos_ray.telemetry.progress import StageRates
 from rvos_ray.types import Failure, Resources
@@ -119,20 +120,19 @@ def _where() -> dict[str, Any]:
 
 @ray.remote
 class ModelActor:
-    """Holds one model of a pool of the graph (:func:`rvos_ray.runtime.graph.pools_of`), built
-    by :meth:`build` (not in ``__init__``), and runs the graph's calls on it (:meth:`call`).
+    """Holds one stage with models (:func:`rvos_ray.runtime.graph.stages_of`), set up by
+    :meth:`build` (not in ``__init__``), and runs the graph's calls on it (:meth:`call`).
 
     Why not in ``__init__``: an actor is alive as soon as Ray placed it, so the executor can
     tell "the cluster cannot place this" (bounded by ``ray.placement_timeout_s``) apart from
     "the model is still loading" (big checkpoints take minutes). After a restart Ray re-runs
-    only ``__init__``; the first call then rebuilds the model, seeded as before, so a restarted
-    actor computes exactly what the lost one did. A build error is kept and raised by every
-    call, so the driver sees the real cause (e.g. a ConfigError naming a key)."""
+    only ``__init__``; the first call then sets the stage up again, seeded as before, so a
+    restarted actor computes exactly what the lost one did. A setup error is kept and raised by
+    every call, so the driver sees the real cause (e.g. a ConfigError naming a key)."""
 
-    def __init__(self, make: Callable[[], Any], num_cpus: float, seed: int) -> None:
+    def __init__(self, stage: Stage, seed: int) -> None:
         _on_node()
-        self._make, self._num_cpus, self._seed = make, num_cpus, seed
-        self.model: Any = None
+        self._stage, self._seed, self._ready = stage, seed, False
         self.error: BaseException | None = None
 
     def where(self) -> dict[str, Any]:
@@ -140,24 +140,25 @@ class ModelActor:
         return _where()
 
     def build(self) -> dict[str, Any]:
-        """Load the model (once); returns :meth:`where`. Raises the build error, if any."""
-        self._model()
+        """Set the stage up (once); returns :meth:`where`. Raises the setup error, if any."""
+        self._setup()
         return _where()
 
-    def _model(self) -> Any:
-        if self.model is None and self.error is None:
-            _limit_threads(self._num_cpus)
+    def _setup(self) -> Stage:
+        if not self._ready and self.error is None:
+            _limit_threads(self._stage.resources.num_cpus)
             try:
-                self.model = seeded(self._seed, self._make)
+                seeded(self._seed, self._stage.setup)
+                self._ready = True
             except Exception as e:  # kept: re-raised by every call
                 self.error = e
         if self.error is not None:
             raise self.error
-        return self.model
+        return self._stage
 
     def call(self, call: graph.Call, *args: Any) -> Any:
-        """One call of a video's graph on this actor's model (timed: outputs, then its event)."""
-        return graph.execute(call, self._model(), *args)
+        """One call of a video's graph on this actor's stage (timed: outputs, then its event)."""
+        return graph.execute(call, self._setup(), *args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,10 +167,10 @@ class ModelActor:
 
 
 @ray.remote
-def run_task(call: graph.Call, *args: Any) -> Any:
-    """One CPU call of a video's graph (pooling, NMS, ensemble, writer), timed like any call."""
+def run_task(stage: Stage, call: graph.Call, *args: Any) -> Any:
+    """One call of a stage without models (pooling, NMS, ensemble, writer), timed like any call."""
     _on_node()
-    return graph.execute(call, None, *args)
+    return graph.execute(call, stage, *args)
 
 
 def failure_of(video_id: str, err: BaseException, stage: str) -> Failure:
@@ -254,7 +255,8 @@ class RayExecutor:
         self.cfg = cfg
         self.c = OmegaConf.to_container(cfg, resolve=True)
         self.on_phase = on_phase or (lambda phase, vid: None)
-        self.pools: dict[graph.PoolKey, list] = {}  # each model pool's actor replicas
+        self.pools: dict[graph.StageKey, list] = {}  # each stage with models: its actor replicas
+        self.tasks: dict[graph.StageKey, Any] = {}  # the run's other stages, each put once
         self.placements: dict[str, list[dict]] = {}
         self._rr: dict[str, int] = {}
         self._sticky: dict[tuple, Any] = {}  # (pool, affinity) -> the replica its calls go to
@@ -287,11 +289,11 @@ class RayExecutor:
             check_feasible(reqs, nodes)
         seed = int(self.c["run"]["seed"])
         named = []
-        for pool in graph.pools_of(self.c):
-            res = pool.resources
-            self.pools[pool.key] = [ModelActor.options(**self._actor_opts(res)).remote(pool.build, res.num_cpus, seed)
-                                    for _ in range(res.replicas)]
-            named += [(pool.stage, pool.name, a) for a in self.pools[pool.key]]
+        for key, stage in graph.stages_of(self.c).items():
+            if stage.has_models:
+                self.pools[key] = [ModelActor.options(**self._actor_opts(stage.resources)).remote(stage, seed)
+                                   for _ in range(stage.resources.replicas)]
+                named += [(stage.stage, stage.name or stage.stage, a) for a in self.pools[key]]
         refs = [a.where.remote() for _, _, a in named]
         timeout = float(self.c["ray"]["placement_timeout_s"])
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
@@ -311,7 +313,7 @@ class RayExecutor:
     def actor_pids(self, stage: str) -> list[int]:
         return [p["pid"] for p in self.placements.get(stage, [])]
 
-    def _next(self, key: graph.PoolKey, actors: list, affinity: str = "") -> Any:
+    def _next(self, key: graph.StageKey, actors: list, affinity: str = "") -> Any:
         """Round-robin over a pool: consecutive calls go to different replicas; calls with the
         same ``affinity`` (a video's propagation calls that share work) to the same one."""
         if affinity and (key, affinity) in self._sticky:
@@ -325,7 +327,7 @@ class RayExecutor:
     # ---- per-video graph -------------------------------------------------------------------
 
     def _cpu_opts(self) -> dict[str, Any]:
-        r = Resources.of(self.c["nms"])
+        r = Resources.of(self.c["tasks"])
         return {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "resources": dict(r.custom),
                 "max_retries": int(self.c["ray"]["max_retries"])}
 
@@ -353,12 +355,12 @@ class RayExecutor:
     def _submit(self, v: _Video, call: graph.Call, track: dict[Any, _Call]) -> None:
         args = [v.refs[a] if isinstance(a, graph.Out) else a for a in call.args]
         call = dataclasses.replace(call, args=())  # its args travel once, resolved
-        if call.pool is not None:
-            actor = self._next(call.pool, self.pools[call.pool], call.affinity)
+        if call.key in self.pools:
+            actor = self._next(call.key, self.pools[call.key], call.affinity)
             refs = actor.call.options(num_returns=call.returns).remote(call, *args)
         else:
             opts = self._writer_opts() if call.writer else self._cpu_opts()
-            refs = run_task.options(num_returns=call.returns, **opts).remote(call, *args)
+            refs = run_task.options(num_returns=call.returns, **opts).remote(self.tasks[call.key], call, *args)
         refs = list(refs) if call.returns > 1 else [refs]
         for i, ref in enumerate(refs):
             v.refs[call.out(i)] = ref
@@ -366,8 +368,8 @@ class RayExecutor:
                                 asks=self._asks_of(call))
 
     def _asks_of(self, call: graph.Call) -> str:
-        if call.pool is not None:
-            return f"a {call.pool[-1]!r} {call.stage} actor"
+        if call.key in self.pools:
+            return f"a {call.key[-1]!r} {call.stage} actor"
         return _asks(self._writer_opts() if call.writer else self._cpu_opts())
 
     def _writer_opts(self) -> dict[str, Any]:
@@ -407,6 +409,7 @@ class RayExecutor:
                 out.timings["setup_s"] = time.perf_counter() - t0
                 out.event("actors_ready", placements=self.placements)
             t0 = time.perf_counter()
+            self.tasks = {k: ray.put(s) for k, s in graph.stages_of(self.c, self.rd.uri).items() if not s.has_models}
             self._loop(p, out, progress)
             out.timings["loop_s"] = time.perf_counter() - t0
         out.event("run_end")

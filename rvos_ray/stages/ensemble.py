@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rvos_ray.registry import ConfigError
-from rvos_ray.types import GROUNDING_SCHEMA, PREDICTION_SCHEMA, table_from_columns, validate
+from rvos_ray.registry import ConfigError, parse_options
+from rvos_ray.stages.protocols import Stage
+from rvos_ray.types import GROUNDING_SCHEMA, PREDICTION_SCHEMA, Resources, table_from_columns, validate
 
-__all__ = ["ensemble", "Ensembler", "MODES"]
+__all__ = ["ensemble", "EnsembleStage", "MODES"]
 
 MODES = ("mean", "logmean")
 _KEY = ["video_id", "exp_id", "frame"]
@@ -112,21 +113,33 @@ def _weights(weights: Mapping[str, float], present: list[str]) -> dict[str, floa
     return out
 
 
-class Ensembler:
-    """The ensemble stage built from the ``ensemble`` config section."""
+class EnsembleStage(Stage):
+    """The ensemble with the ``ensemble`` section's options (absent keys:
+    :class:`rvos_ray.config.EnsembleConfig`'s defaults)."""
 
-    def __init__(self, section: Mapping[str, Any]) -> None:
+    stage = "ensemble"
+
+    def __init__(self, section: Mapping[str, Any], resources: Resources = Resources()) -> None:
         from rvos_ray.config import EnsembleConfig
 
-        d = EnsembleConfig()  # absent keys: the config schema's defaults, not a second copy
-        self.weights = {str(k): float(v) for k, v in dict(section.get("weights") or {}).items()}
-        self.mode = str(section.get("mode", d.mode))
-        self.temperature = float(section.get("temperature", d.temperature))
-        self.frame_stride = int(section.get("frame_stride", d.frame_stride))
-        vs = section.get("variants")
-        self.variants = [str(v) for v in vs] if vs else None
-        if self.mode not in MODES:
-            raise ConfigError(f"ensemble.mode: {self.mode!r} is not one of {list(MODES)}")
+        super().__init__(resources)
+        self.options = o = parse_options(EnsembleConfig, section, "ensemble")
+        if o.mode not in MODES:
+            raise ConfigError(f"ensemble.mode: {o.mode!r} is not one of {list(MODES)}")
 
     def combine(self, grounding: pa.Table) -> pa.Table:
-        return ensemble(grounding, self.weights, self.mode, self.temperature, self.frame_stride, self.variants)
+        o = self.options
+        return ensemble(grounding, o.weights, o.mode, o.temperature, o.frame_stride, o.variants or None)
+
+    def process(self, *tables: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """(every variant's grounding rows of the video, variant-major; the prediction table)."""
+        g = concat_grounding(tables)
+        return g, validate(self.combine(g), PREDICTION_SCHEMA, "prediction")
+
+
+def concat_grounding(tables: Sequence[pa.Table]) -> pa.Table:
+    """Grounding tables of one video in one, in a fixed order (variant-major)."""
+    if not tables:
+        return GROUNDING_SCHEMA.empty_table()
+    t = pa.concat_tables(list(tables)).combine_chunks()
+    return t.sort_by([(k, "ascending") for k in ("exp_id", "variant", "frame", "tracklet_id")])

@@ -8,7 +8,7 @@ temperature :data:`SIMILARITY_TEMPERATURE`, gives s_p^t (a tracklet absent from 
 there). s_p, the ensemble and the argmax are unchanged.
 
 Everything else (frames read once, backbones shared and run once per frame, text encoders once
-per expression, the grounding table) is :class:`rvos_ray.stages.ground.GroundingStage`; only the
+per expression, the grounding table) is :class:`rvos_ray.models.grounder_group.GrounderGroup`; only the
 scoring step differs, so the ablation isolates exactly the Transformer's contribution. Selected
 with ``grounding.method: similarity``; a variant's ``head`` weights are built but unused.
 """
@@ -19,9 +19,9 @@ import torch
 from torch.nn import functional as F
 
 from rvos_ray.models.grounder import Grounder, masked_softmax
-from rvos_ray.stages.ground import GroundingStage
+from rvos_ray.models.grounder_group import GrounderGroup
 
-__all__ = ["SIMILARITY_TEMPERATURE", "SimilarityGroundingStage", "similarity_probs"]
+__all__ = ["SIMILARITY_TEMPERATURE", "SimilarityGrounderGroup", "similarity_probs"]
 
 SIMILARITY_TEMPERATURE = 0.1  # cosine / T before the softmax (cosines live in [-1, 1])
 
@@ -37,8 +37,8 @@ def similarity_probs(vis: torch.Tensor, present: torch.Tensor, words: torch.Tens
     return masked_softmax(cos / temperature, valid)
 
 
-class SimilarityGroundingStage(GroundingStage):
-    """:class:`GroundingStage` with the Transformer head replaced by cosine similarity."""
+class SimilarityGrounderGroup(GrounderGroup):
+    """:class:`GrounderGroup` with the Transformer head replaced by cosine similarity."""
 
     def _score(self, v: Grounder, pooled, present, words, word_valid, geometry) -> torch.Tensor:
         n, P, _ = pooled.shape

@@ -2,8 +2,11 @@
 
 Pure stage logic, no Ray and no model imports. A propagation backend (see
 :class:`rvos_ray.stages.protocols.Propagator`) turns one chunk of a keyframe's candidates into
-a tracklet table (the runtime plans the chunks and numbers the tracklets:
-:func:`rvos_ray.runtime.pipeline.propagation_plan`); this module
+a tracklet table; this module
+
+* plans a video's calls per keyframe and chunk of candidates and numbers their tracklets
+  (:func:`propagation_plan`), and runs the ``propagation`` section's backend on one call
+  (:class:`PropagateStage`, with the work ``propagation.avoid`` saves);
 
 * fixes the frame order every backend follows (:func:`frame_order`: forward from the keyframe to
   the last frame, then backward to the first, both starting from the keyframe);
@@ -20,13 +23,86 @@ the candidate mask is empty).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from rvos_ray import masks as rle
-from rvos_ray.types import TRACKLET_SCHEMA, Candidates, SchemaError, Video, table_from_columns
+from rvos_ray.registry import PROPAGATORS, ConfigError
+from rvos_ray.stages.protocols import Propagator, Stage
+from rvos_ray.types import TRACKLET_SCHEMA, Candidates, Resources, SchemaError, Video, table_from_columns, validate
+
+
+@dataclass(frozen=True)
+class PropagationCall:
+    """Candidates ``[start, stop)`` of keyframe number ``keyframe_index`` become tracklets
+    ``first_id .. first_id + stop - start - 1``."""
+
+    keyframe_index: int
+    start: int
+    stop: int
+    first_id: int
+
+    @property
+    def tracklet_ids(self) -> list[int]:
+        return list(range(self.first_id, self.first_id + self.stop - self.start))
+
+
+def propagation_plan(counts: Sequence[int], chunk: int) -> list[PropagationCall]:
+    """Calls per keyframe and per chunk of ``chunk`` candidates; tracklet ids number the
+    candidates keyframe by keyframe, so they do not depend on which call finishes first."""
+    if chunk < 1:
+        raise ConfigError(f"propagation.candidates_per_call must be >= 1, got {chunk}")
+    calls, next_id = [], 0
+    for k, n in enumerate(counts):
+        calls += [PropagationCall(k, s, min(s + chunk, n), next_id + s) for s in range(0, n, chunk)]
+        next_id += n
+    return calls
+
+
+class PropagateStage(Stage):
+    """The ``propagation`` section's backend (``backend`` + its typed ``options``) on one call:
+    one chunk of one keyframe's candidates through the whole video. ``propagation.avoid``:
+    ``covered_iou`` skips the candidates an earlier keyframe's tracklet already covers at their
+    frame; ``feature_cache_frames`` keeps that many frames' features in the backend (a backend
+    that cannot is a ConfigError naming the key)."""
+
+    stage = "propagation"
+
+    def __init__(self, section: Mapping[str, Any]) -> None:
+        super().__init__(Resources.of(section))
+        avoid = section.get("avoid") or {}
+        self.backend, self.options = str(section["backend"]), dict(section.get("options") or {})
+        self.covered_iou, self.cache_frames = avoid.get("covered_iou"), int(avoid.get("feature_cache_frames") or 0)
+        self.model: Propagator | None = None
+
+    def setup(self) -> None:
+        if self.cache_frames and not hasattr(PROPAGATORS.get(self.backend), "FEATURE_CACHE"):
+            raise ConfigError(f"propagation.avoid.feature_cache_frames: the {self.backend!r} backend keeps no "
+                              "frame features; set it to 0")
+        kwargs = {"feature_cache_frames": self.cache_frames} if self.cache_frames else {}
+        self.model = PROPAGATORS.build(self.backend, self.options, "propagation.options", **kwargs)
+
+    def process(self, video: Video, candidates: Candidates, call: PropagationCall, *earlier: pa.Table
+                ) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+        """(tracklets, passes) of ``call`` on its keyframe's ``candidates``; ``earlier``: the
+        tracklet tables of the earlier keyframes (with ``covered_iou``; their covered candidates'
+        tracklet ids stay unused). The passes are ``{"propagation": {"backbone": frames the
+        backbone encoded}}`` (the summary's ``encoder_passes``, with the grounders')."""
+        from rvos_ray.stages.prune import masks_at, subset, uncovered
+
+        chunk, ids = subset(candidates, range(call.start, call.stop)), call.tracklet_ids
+        if self.covered_iou is not None and earlier:
+            keep = uncovered(chunk, masks_at(earlier, chunk.frame), float(self.covered_iou))
+            chunk, ids = subset(chunk, keep), [ids[i] for i in keep]
+        before = int(getattr(self.model, "backbone_forward_passes", 0))
+        table = self.model.propagate(video, chunk, ids)
+        passes = int(getattr(self.model, "backbone_forward_passes", 0)) - before
+        return (validate(table, TRACKLET_SCHEMA, f"propagation of {video.video_id!r} keyframe {candidates.frame}"),
+                {"propagation": {"backbone": passes} if passes else {}})
 
 
 def frame_order(num_frames: int, keyframe: int) -> tuple[list[int], list[int]]:

@@ -1,7 +1,7 @@
 """Keyframe instance segmentation: several segmenters pooled per keyframe (paper Eq. 1).
 
 The paper pools the proposals of HTC and CondInst on every keyframe: the runtime runs each
-configured model (a :class:`CalibratedSegmenter`) on the same keyframes and its pooling step
+configured model (a :class:`SegmentStage`) on the same keyframes and :class:`PoolStage`
 concatenates their candidates per frame (``Candidates.concat``), each candidate keeping its
 source model's name. Models are built from ``segmentation.models`` entries through
 :data:`rvos_ray.registry.SEGMENTERS`:
@@ -36,13 +36,13 @@ from rvos_ray import masks as rle
 from rvos_ray.data import io
 from rvos_ray.data.errors import DataError
 from rvos_ray.registry import SEGMENTERS, ConfigError, parse_options
-from rvos_ray.stages.protocols import Segmenter
-from rvos_ray.types import Candidates, Video
+from rvos_ray.stages.protocols import Segmenter, Stage
+from rvos_ray.types import Candidates, Resources, Video
 
 __all__ = [
-    "CalibratedSegmenter",
+    "PoolStage",
     "ScoreCalibration",
-    "build_segmenter",
+    "SegmentStage",
     "read_frames",
     "make_candidates",
 ]
@@ -75,20 +75,32 @@ class ScoreCalibration:
         return tuple(float(v) for v in 1.0 / (1.0 + np.exp(-z)))
 
 
-class CalibratedSegmenter:
-    """One ``segmentation.models`` entry as the runtime runs it: the model on a batch of
-    keyframes, checked to return exactly those frames, then its score calibration (if any).
-    Pooling the models' candidates per keyframe is the runtime's pooling step
-    (:func:`rvos_ray.runtime.pipeline.pool_call`)."""
+class SegmentStage(Stage):
+    """One ``segmentation.models`` entry on a batch of keyframes: the model's candidates,
+    checked to be exactly those frames, with its score calibration (if any). Pooling the
+    models' candidates per keyframe is :class:`PoolStage`."""
 
-    def __init__(self, segmenter: Segmenter, calibration: ScoreCalibration | None = None) -> None:
-        self.segmenter = segmenter
-        self.calibration = calibration
-        self.name = segmenter.name
+    stage = "segmentation"
 
-    def segment(self, video: Video, frames: Sequence[int]) -> list[Candidates]:
+    def __init__(self, entry: Mapping[str, Any], where: str, resources: Resources = Resources()) -> None:
+        entry = dict(entry)
+        for key in ("name", "backend"):
+            if not entry.get(key):
+                raise ConfigError(f"{where}: missing key {key!r} (e.g. name: htc, backend: mmdet)")
+        super().__init__(resources, str(entry["name"]))
+        cal = entry.pop("calibration", None)
+        self.calibration = parse_options(ScoreCalibration, cal, f"{where}.calibration") if cal else None
+        self.entry, self.where = entry, where
+        self.model: Segmenter | None = None
+
+    def setup(self) -> None:
+        # The registry validates the remaining keys against the backend's Options dataclass; the
+        # source name travels as the constructor argument ``source`` (the registry strips ``name``).
+        self.model = SEGMENTERS.build(str(self.entry["backend"]), self.entry, self.where, source=self.name)
+
+    def process(self, video: Video, frames: Sequence[int]) -> list[Candidates]:
         frames = [int(f) for f in frames]
-        out = self.segmenter.segment(video, frames)
+        out = self.model.segment(video, frames)
         got = [c.frame for c in out]
         if got != frames:
             raise RuntimeError(f"segmenter {self.name!r} returned frames {got} for requested {frames} "
@@ -99,20 +111,29 @@ class CalibratedSegmenter:
         return list(out)
 
 
-def build_segmenter(entry: Mapping[str, Any], where: str) -> CalibratedSegmenter:
-    """One segmenter with its optional calibration from a ``segmentation.models`` entry."""
-    entry = dict(entry)
-    for key in ("name", "backend"):
-        if not entry.get(key):
-            raise ConfigError(f"{where}: missing key {key!r} (e.g. name: htc, backend: mmdet)")
-    name, backend = str(entry["name"]), str(entry["backend"])
-    cal_section = entry.pop("calibration", None)
-    calibration = (
-        parse_options(ScoreCalibration, cal_section, f"{where}.calibration") if cal_section else None
-    )
-    # The registry validates every remaining key against the backend's Options dataclass;
-    # the source name travels as the constructor argument ``source`` (the registry strips ``name``).
-    return CalibratedSegmenter(SEGMENTERS.build(backend, entry, where, source=name), calibration)
+class PoolStage(Stage):
+    """Every model's candidates pooled per keyframe, in model order (the paper pools HTC and
+    CondInst proposals); with ``propagation.avoid.duplicate_iou``, same-keyframe duplicates
+    merged first (:func:`rvos_ray.stages.prune.merge_duplicates`)."""
+
+    stage = "pooling"
+
+    def __init__(self, models: int, duplicate_iou: float | None = None, resources: Resources = Resources()) -> None:
+        super().__init__(resources)
+        self.models, self.duplicate_iou = int(models), duplicate_iou
+
+    def process(self, keyframes: Sequence[int], *batches: list[Candidates]) -> tuple[Any, ...]:
+        """(each keyframe's candidates, ..., their counts). ``batches``: every model's segment
+        results, model by model; each segment call returned the frames of its batch (checked
+        by :class:`SegmentStage`), so a model's batches in order are the keyframes in order."""
+        from rvos_ray.stages.prune import merge_duplicates
+
+        per = len(batches) // max(self.models, 1)
+        flat = [[c for b in batches[m * per : (m + 1) * per] for c in b] for m in range(self.models)]
+        pooled = [Candidates.concat([m[i] for m in flat]) for i in range(len(keyframes))]
+        if self.duplicate_iou is not None:
+            pooled = [merge_duplicates(c, float(self.duplicate_iou)) for c in pooled]
+        return (*pooled, [len(c) for c in pooled])
 
 
 # --------------------------------------------------------------------------------------------

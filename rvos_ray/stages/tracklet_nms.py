@@ -16,7 +16,7 @@ tracklets' rows, videos in input order, tracklets in rank order, frames ascendin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,9 @@ import numpy as np
 import pyarrow as pa
 
 from rvos_ray.masks import tracklet_iou
-from rvos_ray.types import TRACKLET_SCHEMA, SchemaError, validate
+from rvos_ray.registry import parse_options
+from rvos_ray.stages.protocols import Stage
+from rvos_ray.types import TRACKLET_SCHEMA, Resources, SchemaError, validate
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,6 @@ def _nms_video(v: _Video, iou_threshold: float, max_tracklets: int, min_score: f
     return kept
 
 
-def tracklet_nms(table: pa.Table, nms_cfg: Mapping[str, Any]) -> pa.Table:
-    """Tracklet-NMS with the config's ``nms`` section (``iou_threshold``, ``max_tracklets``,
-    ``min_score``; a missing key takes the default of :class:`rvos_ray.config.NMSConfig`)."""
-    return TrackletNMS.from_config(nms_cfg).process(table)
-
-
 def nms_tracklets(
     table: pa.Table, iou_threshold: float = 0.5, max_tracklets: int = 10, min_score: float = 0.0
 ) -> pa.Table:
@@ -136,26 +132,40 @@ def nms_tracklets(
     return table.take(pa.array(take, type=pa.int64()))
 
 
-class TrackletNMS:
-    """The NMS stage built from the config's ``nms`` section."""
+def concat_tracklets(tables: Sequence[pa.Table]) -> pa.Table:
+    """All tracklets of a video, sorted by (tracklet_id, frame). Dictionaries are unified so
+    tables from different calls (different ``source`` dictionaries) concatenate."""
+    if not tables:
+        return TRACKLET_SCHEMA.empty_table()
+    t = pa.concat_tables(list(tables)).unify_dictionaries().combine_chunks()
+    return t.sort_by([("tracklet_id", "ascending"), ("frame", "ascending")])
 
-    def __init__(self, iou_threshold: float = 0.5, max_tracklets: int = 10, min_score: float = 0.0) -> None:
-        self.iou_threshold = float(iou_threshold)
-        self.max_tracklets = int(max_tracklets)
-        self.min_score = float(min_score)
 
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> TrackletNMS:
+class NMSStage(Stage):
+    """Tracklet-NMS with the ``nms`` section's options (``iou_threshold``, ``max_tracklets``,
+    ``min_score``; absent keys: :class:`rvos_ray.config.NMSConfig`'s defaults)."""
+
+    stage = "nms"
+
+    def __init__(self, section: Mapping[str, Any], resources: Resources = Resources()) -> None:
         from rvos_ray.config import NMSConfig
 
-        d = NMSConfig()
-        get = section.get
-        return cls(
-            get("iou_threshold", d.iou_threshold), get("max_tracklets", d.max_tracklets), get("min_score", d.min_score)
-        )
+        super().__init__(resources)
+        self.options = parse_options(NMSConfig, section, "nms")
 
-    def process(self, table: pa.Table) -> pa.Table:
-        return nms_tracklets(table, self.iou_threshold, self.max_tracklets, self.min_score)
+    def select(self, table: pa.Table) -> pa.Table:
+        o = self.options
+        return nms_tracklets(table, o.iou_threshold, o.max_tracklets, o.min_score)
+
+    def process(self, *tables: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """(all tracklets of the video, from its propagation calls; the tracklets NMS keeps)."""
+        every = concat_tracklets(tables)
+        return every, self.select(every)
 
 
-__all__ = ["TrackletNMS", "nms_tracklets", "rank_order", "tracklet_nms", "tracklet_scores"]
+def tracklet_nms(table: pa.Table, section: Mapping[str, Any]) -> pa.Table:
+    """Tracklet-NMS of ``table`` with an ``nms`` config section."""
+    return NMSStage(section).select(table)
+
+
+__all__ = ["NMSStage", "concat_tracklets", "nms_tracklets", "rank_order", "tracklet_nms", "tracklet_scores"]

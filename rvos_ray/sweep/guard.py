@@ -4,8 +4,7 @@ Cache trials must never touch a model: that is the whole point of sweeping over 
 probabilities. :func:`forbid_models` enforces it instead of trusting it:
 
 * every registry build or lookup (segmenters, propagators, encoders: ``Registry.build`` /
-  ``Registry.get``) and the runtime's model builders (``stage_adapters.build_*``) raise
-  :class:`ModelCallError`;
+  ``Registry.get``, which every stage's ``setup`` goes through) raises :class:`ModelCallError`;
 * when torch is loaded, ``torch.nn.Module.__call__`` raises too, so even a model built before
   the block cannot run a forward pass inside it;
 * modules of model families (``torch``, ``mmdet``, ``mmcv``, ``timm``, ``transformers`` and the
@@ -71,10 +70,6 @@ def forbid_models() -> Iterator[ModelGuard]:
         before = _heavy_loaded()
         patch(registry.Registry, "build", "a registry build (Registry.build)")
         patch(registry.Registry, "get", "a registry lookup of a model class (Registry.get)")
-        adapters = sys.modules.get("rvos_ray.runtime.stage_adapters")
-        if adapters is not None:
-            for name in ("build_segmenter", "build_propagator", "build_grounder"):
-                patch(adapters, name, f"stage_adapters.{name}")
         torch = sys.modules.get("torch")
         if torch is not None:
             patch(torch.nn.Module, "__call__", "a torch.nn.Module forward pass")

@@ -34,7 +34,7 @@ from rvos_ray.data import io as fio
 from rvos_ray.data.errors import DataError
 from rvos_ray.data.io import read_image
 from rvos_ray.models.grounder import Grounder, boxes_from_rles, geometry_features, mask_weights, pool_with_weights
-from rvos_ray.stages.ground import TrackletGrid, tracklet_grid
+from rvos_ray.models.grounder_group import TrackletGrid, tracklet_grid
 from rvos_ray.types import TRACKLET_SCHEMA, Video, table_from_columns
 
 __all__ = [

@@ -12,7 +12,7 @@ from PIL import Image
 
 from rvos_ray import masks as rle
 from rvos_ray.models.grounder import Grounder, mask_weights, masked_softmax, pool_with_weights
-from rvos_ray.stages.ground import GroundingStage
+from rvos_ray.models.grounder_group import GrounderGroup
 from rvos_ray.types import GROUNDING_SCHEMA, TRACKLET_SCHEMA, Expression, Video, table_from_columns
 
 torch.set_num_threads(1)
@@ -71,7 +71,7 @@ def _probs(table, variant, exp_id):
 
 def test_encoders_run_once_per_frame_and_expression_shared_across_variants(variants, video):
     vid, tracklets, exprs = video
-    stage = GroundingStage(variants, frame_stride=1, batch_size=3)
+    stage = GrounderGroup(variants, frame_stride=1, batch_size=3)
     assert len(stage.visual) == 2 and len(stage.text) == 1  # a/b share a backbone, all share text
     out = stage.ground(vid, tracklets, exprs)
     assert out.schema == GROUNDING_SCHEMA
@@ -97,7 +97,7 @@ def test_encoders_run_once_per_frame_and_expression_shared_across_variants(varia
 def test_stage_equals_unbatched_computation(variants, video):
     vid, tracklets, exprs = video
     a = variants[0]
-    out = GroundingStage([a], batch_size=4).ground(vid, tracklets, exprs)
+    out = GrounderGroup([a], batch_size=4).ground(vid, tracklets, exprs)
     from rvos_ray.data.io import read_image
 
     with torch.no_grad():
@@ -118,8 +118,8 @@ def test_stage_equals_unbatched_computation(variants, video):
 
 def test_stride_and_expression_subsets_do_not_change_probabilities(variants, video):
     vid, tracklets, exprs = video
-    full = GroundingStage(variants[:2]).ground(vid, tracklets, exprs)
-    strided_stage = GroundingStage(variants[:2], frame_stride=2)
+    full = GrounderGroup(variants[:2]).ground(vid, tracklets, exprs)
+    strided_stage = GrounderGroup(variants[:2], frame_stride=2)
     strided = strided_stage.ground(vid, tracklets, exprs[1:2])
     assert sorted(set(strided["frame"].to_pylist())) == [0, 2]
     assert list(strided_stage.counts.visual_frames.values()) == [2]
@@ -131,5 +131,5 @@ def test_stride_and_expression_subsets_do_not_change_probabilities(variants, vid
 
 def test_video_without_tracklets_gives_an_empty_table(variants, video):
     vid, _, exprs = video
-    out = GroundingStage(variants[:1]).ground(vid, TRACKLET_SCHEMA.empty_table(), exprs)
+    out = GrounderGroup(variants[:1]).ground(vid, TRACKLET_SCHEMA.empty_table(), exprs)
     assert out.num_rows == 0 and out.schema == GROUNDING_SCHEMA
