@@ -158,8 +158,8 @@ def test_a_trial_never_calls_a_model(cache):
 
 
 def test_nms_rerun_on_tracklets_all_gives_the_runs_kept_set(cache):
-    s = TrialSettings.of_run(cache.cfg)
-    again = kept_by_nms(cache, (s.iou_threshold + 1e-9, s.max_tracklets, s.min_score))  # forces a real NMS
+    iou, p, min_score = TrialSettings.of_run(cache.cfg).nms
+    again = kept_by_nms(cache, (iou + 1e-9, p, min_score))  # forces a real NMS
     assert again == cache.kept
     # the duplicates (shifted copies) were suppressed: one tracklet per object + the distractor
     rd = RunDir(cache.run_uri)

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from typing import Any
@@ -67,7 +66,7 @@ def sweep(args: argparse.Namespace, log=print) -> dict[str, Any]:
         base = cache_trial(cache, {}, str(sc.missing_grounding))
         base_settings = TrialSettings.of_run(cache.cfg)
         baseline = {"trial_id": "baseline", "kind": "baseline", **base,
-                    **{a.key: _plain(OmegaConf.select(run_cfg, a.key)) if a.model else _run_value(base_settings, a.key)
+                    **{a.key: _plain(OmegaConf.select(run_cfg, a.key)) if a.model else base_settings.value(a.key)
                        for a in space.axes}}
         t0 = time.perf_counter()
         rows = sweep_exec.run_tune(cache, space, sc, rd.path("sweeps"), str(sc.name), num_samples)
@@ -119,17 +118,6 @@ def sweep(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _run_value(s: TrialSettings, key: str) -> Any:
-    """The run's own value of a cache axis (for the baseline row)."""
-    if key.startswith("ensemble.weights."):
-        return dict(s.weights).get(key.rsplit(".", 1)[1], 1.0)
-    return {
-        "ensemble.variants": None if s.variants is None else list(s.variants),
-        "ensemble.mode": s.mode, "ensemble.temperature": s.temperature, "ensemble.frame_stride": s.frame_stride,
-        "nms.iou_threshold": s.iou_threshold, "nms.max_tracklets": s.max_tracklets, "nms.min_score": s.min_score,
-    }[key]
 
 
 def report(s: dict[str, Any]) -> None:

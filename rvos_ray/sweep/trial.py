@@ -1,8 +1,9 @@
 """One sweep trial over a run's cache: NMS (when swept) -> ensemble -> predictions -> J, F, J&F.
 
 No model runs here (the trial is wrapped in :func:`rvos_ray.sweep.guard.forbid_models`), and
-nothing is re-implemented: tracklet-NMS is :func:`rvos_ray.stages.tracklet_nms.nms_tracklets`,
-the ensemble is :func:`rvos_ray.stages.ensemble.ensemble`, and the split's J, F, J&F are
+nothing is re-implemented: tracklet-NMS is :func:`rvos_ray.stages.tracklet_nms.nms_tracklets`
+with the options the run's NMS stage parses, the ensemble is the run's
+:class:`~rvos_ray.stages.ensemble.EnsembleStage` built from the trial's section, and the split's J, F, J&F are
 aggregated by :func:`rvos_ray.runtime.run_lifecycle.split_scores` from per-expression metrics looked
 up in the cache's pair metrics (computed by the runtime's scorer path). With the run's own
 settings a trial therefore reproduces the run's J&F exactly.
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,87 +35,60 @@ import pandas as pd
 import pyarrow as pa
 
 from rvos_ray.registry import ConfigError
-from rvos_ray.stages.ensemble import ensemble
-from rvos_ray.stages.tracklet_nms import nms_tracklets
+from rvos_ray.stages.ensemble import EnsembleStage
+from rvos_ray.stages.tracklet_nms import NMSStage, nms_tracklets
 from rvos_ray.sweep.cache import NO_PREDICTION, RunCache
 from rvos_ray.sweep.guard import forbid_models
-from rvos_ray.sweep.space import WEIGHT_PREFIX
+from rvos_ray.sweep.space import CACHE_AXES, WEIGHT_PREFIX
 from rvos_ray.types import GROUNDING_SCHEMA, METRICS_SCHEMA, table_from_columns
 
 __all__ = ["TrialSettings", "run_trial", "cache_trial", "kept_by_nms"]
 
 
-#: the cache axes that set one scalar field of :class:`TrialSettings`: axis -> (field, type)
-_SCALAR_AXES: dict[str, tuple[str, type]] = {
-    "ensemble.mode": ("mode", str), "ensemble.temperature": ("temperature", float),
-    "ensemble.frame_stride": ("frame_stride", int), "nms.iou_threshold": ("iou_threshold", float),
-    "nms.max_tracklets": ("max_tracklets", int), "nms.min_score": ("min_score", float),
-}
-
-
 @dataclass(frozen=True)
 class TrialSettings:
-    """The NMS and ensemble settings of one trial (the run's, overlaid by the trial's axes)."""
+    """A trial's ``nms`` and ``ensemble`` config sections: the run's, overlaid by the trial's
+    axes. The trial's NMS and ensemble are the run's own stages built from them
+    (:class:`~rvos_ray.stages.tracklet_nms.NMSStage`, :class:`~rvos_ray.stages.ensemble.EnsembleStage`)."""
 
-    variants: tuple[str, ...] | None
-    weights: tuple[tuple[str, float], ...]
-    mode: str
-    temperature: float
-    frame_stride: int
-    iou_threshold: float
-    max_tracklets: int
-    min_score: float
+    sections: Mapping[str, Mapping[str, Any]]
 
     @classmethod
     def of_run(cls, cfg: Mapping[str, Any]) -> TrialSettings:
-        e, n = cfg["ensemble"], cfg["nms"]
-        vs = e.get("variants")
-        return cls(
-            variants=tuple(str(v) for v in vs) if vs else None,
-            weights=tuple(sorted((str(k), float(v)) for k, v in dict(e.get("weights") or {}).items())),
-            mode=str(e["mode"]),  # a run's config.yaml is resolved: every key is there
-            temperature=float(e["temperature"]),
-            frame_stride=int(e["frame_stride"]),
-            iou_threshold=float(n["iou_threshold"]),
-            max_tracklets=int(n["max_tracklets"]),
-            min_score=float(n["min_score"]),
-        )
+        return cls({s: {k: v for k, v in dict(cfg[s]).items() if k != "resources"} for s in ("nms", "ensemble")})
 
     def with_axes(self, config: Mapping[str, Any], variants: list[str]) -> TrialSettings:
         """These settings with a trial's flat ``{axis: value}`` config applied."""
-        s = self
-        weights = dict(self.weights)
+        c = {s: dict(v) for s, v in self.sections.items()}
+        weights = dict(c["ensemble"].get("weights") or {})
         for key, value in config.items():
             if key.startswith(WEIGHT_PREFIX):
                 if not weights:  # the run used equal weights: the other variants keep 1.0
                     weights = {v: 1.0 for v in variants}
                 weights[key[len(WEIGHT_PREFIX):]] = float(value)
-            elif key == "ensemble.variants":
-                vs = None if value is None else ((value,) if isinstance(value, str) else tuple(value))
-                s = replace(s, variants=None if vs is None else tuple(str(v) for v in vs))
-            elif key in _SCALAR_AXES:
-                field_name, kind = _SCALAR_AXES[key]
-                s = replace(s, **{field_name: kind(value)})
+            elif key in CACHE_AXES:
+                section, _, name = key.partition(".")
+                c[section][name] = [value] if name == "variants" and isinstance(value, str) else value
             else:
                 raise ConfigError(f"trial config: {key!r} is not a cache axis")
-        return replace(s, weights=tuple(sorted(weights.items())))
+        c["ensemble"]["weights"] = weights
+        return TrialSettings(c)
+
+    def value(self, key: str) -> Any:
+        """The settings' value of a cache axis (an absent weight: 1.0, equal weights)."""
+        if key.startswith(WEIGHT_PREFIX):
+            return dict(self.sections["ensemble"].get("weights") or {}).get(key[len(WEIGHT_PREFIX):], 1.0)
+        section, _, name = key.partition(".")
+        return self.sections[section].get(name)
 
     @property
     def nms(self) -> tuple[float, int, float]:
-        return (self.iou_threshold, self.max_tracklets, self.min_score)
+        o = NMSStage(self.sections["nms"]).options
+        return (o.iou_threshold, o.max_tracklets, o.min_score)
 
     def overrides(self) -> dict[str, Any]:
         """The settings as run-config keys (for the best-settings YAML)."""
-        return {
-            "nms.iou_threshold": self.iou_threshold,
-            "nms.max_tracklets": self.max_tracklets,
-            "nms.min_score": self.min_score,
-            "ensemble.variants": None if self.variants is None else list(self.variants),
-            "ensemble.weights": dict(self.weights),
-            "ensemble.mode": self.mode,
-            "ensemble.temperature": self.temperature,
-            "ensemble.frame_stride": self.frame_stride,
-        }
+        return {f"{s}.{k}": v for s, section in self.sections.items() for k, v in section.items()}
 
 
 # One NMS result per (run, settings) and process: trials of a grid share NMS settings often.
@@ -183,8 +157,7 @@ def run_trial(cache: RunCache, settings: TrialSettings, missing_grounding: str =
         return {"J": float("nan"), "F": float("nan"), "J&F": float("nan"), "status": "refused",
                 "time_s": time.perf_counter() - t0, **info}
     grounding = _restrict(cache.grounding, changed) if changed else cache.grounding
-    pred = ensemble(grounding, dict(settings.weights) or None, settings.mode, settings.temperature,
-                    settings.frame_stride, list(settings.variants) if settings.variants else None)
+    pred = EnsembleStage(settings.sections["ensemble"]).combine(grounding)
     chosen = dict(zip(zip(pred.column("video_id").to_pylist(), pred.column("exp_id").to_pylist()),
                       pred.column("tracklet_id").to_pylist()))
     cols: dict[str, list] = {k: [] for k in METRICS_SCHEMA.names}
