@@ -89,7 +89,7 @@ def main() -> int:
             data = tmp / "shapes"
             make_shapes(str(data), videos=a.videos, seed=0, height=96, width=160, min_frames=10, max_frames=14)
             cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={data}", f"run.dir={tmp / 'run'}"])
-            works = pl.list_work(cfg)
+            works = list(pl.load_split(cfg).works)
             rd = RunDir(str(tmp / "run"))
             rd.write_config(cfg)
             stages = LocalStages(cfg)

@@ -234,9 +234,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             baseline = _row(name, b)
     finally:
         ray_session.disconnect(started)
-    from rvos_ray.runtime.pipeline import list_work
+    from rvos_ray.runtime.pipeline import load_split
 
-    ids = [w.video_id for w in list_work(cfg)]
+    ids = [w.video_id for w in load_split(cfg).works]
     stages = stage_throughput(full["run_dir"], ids)
     wall = time.time() - t0
     print_report(full, baseline, stages, summary, wall)

@@ -108,7 +108,7 @@ def build_run(data: Path, run: Path, *overrides: str) -> dict:
     cfg = run_config(data, run, *overrides)
     c = OmegaConf.to_container(cfg, resolve=True)
     rd = lifecycle.start_run(cfg)
-    works = pl.list_work(cfg)
+    works = list(pl.load_split(cfg).works)
     plan = lifecycle.plan(rd, works, False)
     out = lifecycle.Outcome(executor="test")
     reader = open_dataset(str(data), "valid", "refytvos")

@@ -91,7 +91,7 @@ def test_the_graph_plans_a_36_frame_video_at_paper_counts():
     assert set(graph.stages_of(c)) == {x.key for x in g.calls}  # a stage object for every call
     writer = rest[-1]
     assert all(x.event in writer.args for x in g.calls if x is not writer)
-    with pytest.raises(graph.PlanError, match="propagation"):
+    with pytest.raises(graph.StageError, match="propagation"):
         bad = graph.VideoGraph({**c, "propagation": {**c["propagation"], "candidates_per_call": 0}}, work, "/tmp/r")
         bad.plan()
         bad.values[bad.waiting] = [1] * 7

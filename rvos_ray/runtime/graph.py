@@ -85,8 +85,9 @@ class Call:
         return Out(self.id, index)
 
 
-class PlanError(Exception):
-    """Planning node ``stage`` failed for this video (e.g. a bad keyframe count or chunk size)."""
+class StageError(Exception):
+    """A video failed in ``stage``: planning its node (e.g. a bad keyframe count or chunk size)
+    or, in-process, one of its calls."""
 
     def __init__(self, stage: str, cause: BaseException) -> None:
         super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
@@ -126,7 +127,7 @@ class VideoGraph:
     def plan(self) -> list[Call]:
         """Plan the next nodes; returns the new calls, in submission order. Stops at a node
         that needs a value not in :attr:`values` (then :attr:`waiting` names it); raises
-        :class:`PlanError` naming the node's stage when its planning fails."""
+        :class:`StageError` naming the node's stage when its planning fails."""
         new: list[Call] = []
         self.waiting = None
         while self.node < len(NODES):
@@ -136,7 +137,7 @@ class VideoGraph:
                 self.waiting = e.out
                 break
             except Exception as e:  # noqa: BLE001 - the video fails in that stage
-                raise PlanError(NODES[self.node].stage, e) from e
+                raise StageError(NODES[self.node].stage, e) from e
             self.by_stage[NODES[self.node].stage] = calls
             self.calls += calls
             new += calls

@@ -5,7 +5,6 @@ the reference the Ray executor must reproduce exactly.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -17,10 +16,7 @@ from rvos_ray.runtime import pipeline as pl
 from rvos_ray.runtime import run_lifecycle as lifecycle
 from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.seeding import seeded
-from rvos_ray.telemetry import metrics as telemetry
 from rvos_ray.telemetry.progress import StageRates
-
-log = logging.getLogger(__name__)
 
 
 class LocalStages:
@@ -43,15 +39,12 @@ def process_video(stages: LocalStages, rd: RunDir, work: pl.VideoWork, c: dict[s
     """The video's graph (:mod:`rvos_ray.runtime.graph`), call after call, under the run's
     config ``c`` (a plain dict; default: the one the models were built from) and its stage
     objects ``run`` (default: :meth:`LocalStages.of_run`). Returns the done record; raises
-    :class:`StageFailure` naming the stage of the call that failed."""
+    :class:`rvos_ray.runtime.graph.StageError` naming the stage of the call that failed."""
     c = stages.cfg if c is None else c
     g, run = graph.VideoGraph(c, work, rd.uri), run or stages.of_run(c, rd.uri)
     g.values.update({graph.VIDEO: work.video, graph.WORK: work})
     while True:
-        try:
-            new = g.plan()
-        except graph.PlanError as e:
-            raise StageFailure(e.stage, e.cause) from e.cause
+        new = g.plan()  # raises StageError naming the node that could not plan
         if not new:
             raise RuntimeError(f"video {work.video_id!r}: the graph stopped planning at {g.waiting}")
         for call in new:
@@ -59,22 +52,10 @@ def process_video(stages: LocalStages, rd: RunDir, work: pl.VideoWork, c: dict[s
             try:
                 result = graph.execute(call, run[call.key], *args)
             except Exception as e:  # noqa: BLE001 - recorded per video, naming the stage
-                raise StageFailure(call.stage, e) from e
+                raise graph.StageError(call.stage, e) from e
             if call.writer:
                 return result
             g.values.update({call.out(i): x for i, x in enumerate(result)})
-
-
-class StageFailure(RuntimeError):
-    def __init__(self, stage: str, cause: BaseException) -> None:
-        super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
-        self.stage = stage
-        self.cause = cause
-
-
-def _failed(f) -> None:
-    telemetry.current().video_failed(f.stage, f.video_id, pl.STAGES)  # telemetry hook
-    log.warning("video %s failed in %s: %s: %s", f.video_id, f.stage, f.error, f.message)
 
 
 def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None = None) -> dict[str, Any]:
@@ -88,7 +69,7 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
     p = lifecycle.plan(rd, split, cfg.run.resume)
     out = lifecycle.Outcome(executor="local")
     out.event("run_start", videos=len(p.ids), todo=len(p.todo), skipped=len(p.skipped))
-    lifecycle.record_invalid(rd, p, out, _failed)
+    lifecycle.record_invalid(rd, p, out)
     t0 = time.perf_counter()
     if stages is None and p.todo:
         stages = LocalStages(cfg)
@@ -104,12 +85,8 @@ def run_local(cfg: DictConfig, progress: bool = True, stages: LocalStages | None
             out.done[work.video_id] = process_video(stages, rd, work, run_c, run)
             rates.add(out.done[work.video_id])
             out.event("video_done", work.video_id)
-        except StageFailure as e:
-            f = lifecycle.failure_from(work.video_id, e.stage, e.cause)
-            rd.write_failure(f)
-            out.failed[work.video_id] = f
-            out.event("video_failed", work.video_id, failed_stage=f.stage, error=f.error)
-            _failed(f)
+        except graph.StageError as e:
+            lifecycle.record_failure(rd, out, lifecycle.failure_from(work.video_id, e.stage, e.cause))
         bar.update(1)
         bar.set_postfix(failed=len(out.failed), skipped=len(p.skipped), rates=rates.postfix())
     bar.close()

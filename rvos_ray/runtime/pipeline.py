@@ -151,11 +151,6 @@ def load_split(cfg: Any) -> Split:
     return Split(tuple(works), tuple(invalid), tuple(chosen))
 
 
-def list_work(cfg: Any) -> list[VideoWork]:
-    """The processable videos of ``cfg.data`` (see :func:`load_split`)."""
-    return list(load_split(cfg).works)
-
-
 # --------------------------------------------------------------------------------------------
 # Keyframes
 # --------------------------------------------------------------------------------------------

@@ -400,7 +400,7 @@ class RayExecutor:
         p = lifecycle.plan(self.rd, split, cfg.run.resume)
         out = lifecycle.Outcome(executor="ray")
         out.event("run_start", videos=len(p.ids), todo=len(p.todo), skipped=len(p.skipped))
-        lifecycle.record_invalid(self.rd, p, out, _failed)
+        lifecycle.record_invalid(self.rd, p, out)
         out.timings = {"setup_s": 0.0, "loop_s": 0.0}
         if p.todo:
             if not self.placements:
@@ -456,10 +456,7 @@ class RayExecutor:
 
         def fail(v: _Video, f: Failure) -> None:
             drop(v)
-            self.rd.write_failure(f)
-            out.failed[f.video_id] = f
-            out.event("video_failed", f.video_id, failed_stage=f.stage, error=f.error)
-            _failed(f)
+            lifecycle.record_failure(self.rd, out, f)
             self.on_phase("failed", f.video_id)
             bar.update(1)
             bar.set_postfix(failed=len(out.failed), skipped=len(p.skipped), rates=rates.postfix())
@@ -472,7 +469,7 @@ class RayExecutor:
                 out.event("video_start", v.work.video_id, attempt=v.attempt)
                 try:
                     self._plan(v, track)
-                except graph.PlanError as e:
+                except graph.StageError as e:
                     fail(v, lifecycle.failure_from(v.work.video_id, e.stage, e.cause))
                     continue
                 self.on_phase("submitted", v.work.video_id)
@@ -505,7 +502,7 @@ class RayExecutor:
                     v.graph.values[v.graph.waiting] = value
                     try:
                         new = self._plan(v, track)
-                    except graph.PlanError as e:
+                    except graph.StageError as e:
                         fail(v, lifecycle.failure_from(vid, e.stage, e.cause))
                         continue
                     out.event("fan_out", vid)  # the calls planned on that value are submitted
@@ -591,11 +588,6 @@ def _node_resources() -> list[str]:
         have = ", ".join(f"{k}={avail.get(k, float('nan')):g}/{v:g}" for k, v in sorted(n.total.items()))
         out.append(f"{n.address} ({n.node_id[:8]}): {have}")
     return out
-
-
-def _failed(f: Failure) -> None:
-    telemetry.current().video_failed(f.stage, f.video_id, pl.STAGES)  # telemetry hook
-    log.warning("video %s failed in %s: %s: %s", f.video_id, f.stage, f.error, f.message)
 
 
 def run_ray(cfg: DictConfig, address: str | None = None, progress: bool = True,

@@ -9,18 +9,22 @@ or was interrupted half-way.
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig
 
 from rvos_ray.data import io as fio
-from rvos_ray.runtime.pipeline import Split, VideoWork, sum_passes
+from rvos_ray.runtime.pipeline import STAGES, Split, VideoWork, sum_passes
 from rvos_ray.runtime.run_dir import RunDir
+from rvos_ray.telemetry import metrics as telemetry
 from rvos_ray.types import Failure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,14 +86,19 @@ def plan(rd: RunDir, split: Split | Sequence[VideoWork], resume: bool) -> Plan:
                 invalid, list(split.ids))
 
 
-def record_invalid(rd: RunDir, p: Plan, out: Outcome, on_failed: Callable[[Failure], None]) -> None:
-    """Failure records of the videos whose input is broken; ``on_failed`` (the executor's
-    telemetry and logging) is called for each."""
+def record_failure(rd: RunDir, out: Outcome, f: Failure) -> None:
+    """A failed video: its failure record, the run's event, telemetry and a log line."""
+    rd.write_failure(f)
+    out.failed[f.video_id] = f
+    out.event("video_failed", f.video_id, failed_stage=f.stage, error=f.error)
+    telemetry.current().video_failed(f.stage, f.video_id, STAGES)  # telemetry hook
+    log.warning("video %s failed in %s: %s: %s", f.video_id, f.stage, f.error, f.message)
+
+
+def record_invalid(rd: RunDir, p: Plan, out: Outcome) -> None:
+    """Failure records of the videos whose input is broken."""
     for f in p.invalid:
-        rd.write_failure(f)
-        out.failed[f.video_id] = f
-        out.event("video_failed", f.video_id, failed_stage=f.stage, error=f.error)
-        on_failed(f)
+        record_failure(rd, out, f)
 
 
 def finish_run(rd: RunDir, cfg: DictConfig, works: Sequence[VideoWork], p: Plan, out: Outcome) -> dict[str, Any]:

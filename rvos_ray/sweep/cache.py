@@ -158,7 +158,7 @@ def load_cache(
     if not scored:
         raise ConfigError(f"{rd.uri}: no finished video has metrics (metrics.parquet); a sweep scores "
                           f"against ground truth, so the run must be on an annotated split with run.score=true")
-    by_id = {w.video_id: w for w in pl.list_work(cfg)}
+    by_id = {w.video_id: w for w in list(pl.load_split(cfg).works)}
     missing = [v for v in scored if v not in by_id]
     if missing:
         raise ConfigError(f"{rd.uri}: videos {missing[:5]} are in the run but not in data "
