@@ -156,15 +156,15 @@ class VideoGraph:
                     self.video.num_frames if frames else 0, completes, affinity)  # items are unique per stage
 
 
-def execute(call: Call, stage: Stage, *args: Any) -> Any:
+def execute(call: Call, stage: Stage, *args: Any, attempt: int = 0) -> Any:
     """``stage.process`` on ``call``'s resolved ``args``: its outputs, then its stage event
     (:func:`rvos_ray.runtime.pipeline.timed`: start/end, host, node, tags, and the telemetry
-    hooks). The writer returns its done record (it logs its own event with the video's others
-    before it marks the video done)."""
+    hooks; ``attempt`` > 0: the executor runs the call again). The writer returns its done
+    record (it logs its own event with the video's others before it marks the video done)."""
     if call.writer:
         return stage.process(*args)
     out, ev = pl.timed(call.stage, call.video_id, call.item, lambda: stage.process(*args),
-                       video_frames=call.frames, completes=call.completes, **call.tags)
+                       video_frames=call.frames, completes=call.completes, attempt=attempt, **call.tags)
     return (*out, ev) if call.outputs > 1 else (out, ev)
 
 

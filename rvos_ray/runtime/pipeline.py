@@ -47,7 +47,7 @@ STAGES = ("segmentation", "pooling", "propagation", "nms", "grounding", "ensembl
 
 
 def timed(stage: str, video_id: str, item: str, fn: Callable[[], Any], *, video_frames: int = 0,
-          completes: str = "", variant: str = "", model: str = "") -> tuple[Any, Event]:
+          completes: str = "", variant: str = "", model: str = "", attempt: int = 0) -> tuple[Any, Event]:
     """Run ``fn`` and return (its result, the stage event with start/end wall times).
 
     Telemetry hook: the call is reported to this process's telemetry
@@ -60,7 +60,7 @@ def timed(stage: str, video_id: str, item: str, fn: Callable[[], Any], *, video_
     tel = telemetry.current()
     if completes:
         tel.video_stage_done(completes, video_frames)
-    tel.stage_started(stage, variant=variant, model=model)
+    tel.stage_started(stage, variant=variant, model=model, attempt=attempt)
     start = time.time()
     try:
         out = fn()

@@ -5,8 +5,8 @@ What runs is :mod:`rvos_ray.runtime.pipeline`; this module decides where and whe
 - **Actors hold models**, each loaded once: a :class:`ModelActor` per stage with models
   (:func:`rvos_ray.runtime.graph.stages_of`: each segmentation model, the propagator, each group
   of grounder variants sharing an encoder), ``replicas`` times each. Each asks for its stage's
-  ``resources:`` (``num_cpus``, ``num_gpus``, ``custom``), so on a GPU cluster they land on separate GPUs and custom resources steer them to
-  node types. Actors restart (``ray.max_restarts``), in place or on another node, and their
+  ``resources:`` (``num_cpus``, ``num_gpus``, ``custom``), so on a GPU cluster they land on
+  separate GPUs and custom resources steer them to node types. Actors restart (``ray.max_restarts``), in place or on another node, and their
   interrupted calls are retried for as long as the restart takes.
 - **Per video**, the driver interprets the graph of :mod:`rvos_ray.runtime.graph`: one segment
   call per model and keyframe batch -> one pooling task (each keyframe's candidates its own
@@ -107,6 +107,15 @@ def _on_node() -> None:
         pl.PROCESS_NODE = ray.get_runtime_context().get_node_id()
 
 
+def _attempt() -> int:
+    """How often Ray has already started the call running in this worker (0: the first time).
+    Ray has no public API for it; its core worker knows (0 where a Ray version does not)."""
+    try:
+        return int(ray._private.worker.global_worker.core_worker.get_current_task_attempt_number())
+    except AttributeError:
+        return 0
+
+
 def _where() -> dict[str, Any]:
     ctx = ray.get_runtime_context()
     return {
@@ -158,7 +167,7 @@ class ModelActor:
 
     def call(self, call: graph.Call, *args: Any) -> Any:
         """One call of a video's graph on this actor's stage (timed: outputs, then its event)."""
-        return graph.execute(call, self._setup(), *args)
+        return graph.execute(call, self._setup(), *args, attempt=_attempt())
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +179,7 @@ class ModelActor:
 def run_task(stage: Stage, call: graph.Call, *args: Any) -> Any:
     """One call of a stage without models (pooling, NMS, ensemble, writer), timed like any call."""
     _on_node()
-    return graph.execute(call, stage, *args)
+    return graph.execute(call, stage, *args, attempt=_attempt())
 
 
 def failure_of(video_id: str, err: BaseException, stage: str) -> Failure:

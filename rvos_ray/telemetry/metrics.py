@@ -220,14 +220,12 @@ class Telemetry:
 
     # ---- stage calls --------------------------------------------------------------------------
 
-    def stage_started(self, stage: str, *, variant: str = "", model: str = "", attempt: int | None = None) -> None:
-        """A stage call begins; ``attempt`` > 0 when Ray runs it again after a worker died
-        (default: asked from Ray, see :func:`attempt_number`)."""
+    def stage_started(self, stage: str, *, variant: str = "", model: str = "", attempt: int = 0) -> None:
+        """A stage call begins; ``attempt`` > 0 when Ray runs it again after a worker died (the
+        executor knows)."""
         if not self.sinks:
             return
         tags = tags_of(stage, variant, model)
-        if attempt is None:
-            attempt = attempt_number()
         self._count("retries" if attempt > 0 else "started", 1.0, tags)
         with self._lock:
             self._in_flight[tags] += 1
@@ -283,20 +281,8 @@ def _ray_connected() -> bool:
     ray = sys.modules.get("ray")
     try:
         return ray is not None and bool(ray.is_initialized())
-    except Exception:  # a half-imported ray module: treat as not connected
+    except AttributeError:  # a half-imported ray module: treat as not connected
         return False
-
-
-def attempt_number() -> int:
-    """How often Ray has already started the task or actor call running in this thread (0 for
-    a first attempt, outside Ray, or where Ray cannot tell)."""
-    if not _ray_connected():
-        return 0
-    try:  # Ray has no public API for this; its core worker knows the current task's attempt
-        worker = sys.modules["ray"]._private.worker.global_worker
-        return int(worker.core_worker.get_current_task_attempt_number())
-    except Exception:
-        return 0
 
 
 def make(mode: str | None = None) -> Telemetry:
