@@ -16,18 +16,17 @@ batch come out aligned. (The processor's ``post_process_instance_segmentation`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rvos_ray.registry import ConfigError
-from rvos_ray.stages.segment import make_candidates, segment_in_batches
-from rvos_ray.types import Candidates, Video
+from rvos_ray.stages.segment import BatchedSegmenter, make_candidates
+from rvos_ray.types import Candidates
 
 
-class Mask2FormerSegmenter:
+class Mask2FormerSegmenter(BatchedSegmenter):
     """A :class:`~rvos_ray.stages.protocols.Segmenter` over a transformers Mask2Former."""
 
     @dataclass
@@ -67,26 +66,10 @@ class Mask2FormerSegmenter:
         self.device = torch.device(options.device)
         self.model = model.to(self.device, dtype=self.dtype).eval()
 
-    def segment(self, video: Video, frames: Sequence[int]) -> list[Candidates]:
-        return segment_in_batches(self, video, frames)
-
-    def segment_images(
-        self, images: Sequence[np.ndarray], video_id: str = "", frames: Sequence[int] | None = None
-    ) -> list[Candidates]:
-        """Candidates of RGB uint8 HxWx3 frames held in memory, ``batch_size`` per forward."""
-        frames = list(range(len(images))) if frames is None else [int(f) for f in frames]
-        out = []
-        bs = self.options.batch_size
-        for start in range(0, len(images), bs):
-            batch = list(images[start : start + bs])
-            out += [
-                make_candidates(
-                    video_id, f, im.shape[0], im.shape[1], m, s, lab, self.name,
-                    self.options.score_threshold, self.options.max_per_frame,
-                )
-                for f, im, (m, s, lab) in zip(frames[start : start + bs], batch, self._predict(batch))
-            ]
-        return out
+    def segment_batch(self, images: list[np.ndarray], video_id: str, frames: list[int]) -> list[Candidates]:
+        o = self.options
+        return [make_candidates(video_id, f, im.shape[0], im.shape[1], m, s, lab, self.name, o.score_threshold,
+                                o.max_per_frame) for f, im, (m, s, lab) in zip(frames, images, self._predict(images))]
 
     def _predict(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per image: (N x H x W bool masks at the image's size, N scores, N labels)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io as _io
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +22,8 @@ import numpy as np
 from rvos_ray.data import io
 from rvos_ray.data.errors import DataError
 from rvos_ray.registry import ConfigError
-from rvos_ray.stages.segment import make_candidates, segment_in_batches
-from rvos_ray.types import Candidates, Video
+from rvos_ray.stages.segment import BatchedSegmenter, make_candidates
+from rvos_ray.types import Candidates
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ def _set_test_thresholds(model_cfg: Any, score_threshold: float, mask_threshold:
             target[key] = float(mask_threshold)
 
 
-class MMDetSegmenter:
+class MMDetSegmenter(BatchedSegmenter):
     """A :class:`~rvos_ray.stages.protocols.Segmenter` over an mmdet instance model."""
 
     @dataclass
@@ -194,21 +193,9 @@ class MMDetSegmenter:
         steps[0]["type"] = "mmdet.LoadImageFromNDArray"
         self.pipeline = Compose(steps)
 
-    def segment(self, video: Video, frames: Sequence[int]) -> list[Candidates]:
-        return segment_in_batches(self, video, frames)
-
-    def segment_images(
-        self, images: Sequence[np.ndarray], video_id: str = "", frames: Sequence[int] | None = None
-    ) -> list[Candidates]:
-        """Candidates of RGB uint8 HxWx3 frames held in memory, ``batch_size`` per forward."""
-        frames = list(range(len(images))) if frames is None else [int(f) for f in frames]
-        out = []
-        bs = self.options.batch_size
-        for start in range(0, len(images), bs):
-            batch = list(images[start : start + bs])
-            for f, image, sample in zip(frames[start : start + bs], batch, self._predict(batch)):
-                out.append(self._to_candidates(video_id, f, image.shape[:2], sample))
-        return out
+    def segment_batch(self, images: list[np.ndarray], video_id: str, frames: list[int]) -> list[Candidates]:
+        return [self._to_candidates(video_id, f, im.shape[:2], sample)
+                for f, im, sample in zip(frames, images, self._predict(images))]
 
     def _predict(self, images: list[np.ndarray]) -> list[Any]:
         import torch

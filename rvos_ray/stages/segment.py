@@ -43,6 +43,7 @@ __all__ = [
     "PoolStage",
     "ScoreCalibration",
     "SegmentStage",
+    "BatchedSegmenter",
     "read_frames",
     "make_candidates",
 ]
@@ -141,16 +142,21 @@ class PoolStage(Stage):
 # --------------------------------------------------------------------------------------------
 
 
-def segment_in_batches(segmenter, video: Video, frames: Sequence[int]) -> list[Candidates]:
-    """``segmenter.segment_images`` over ``frames`` of ``video``, reading one batch of
-    ``segmenter.options.batch_size`` frames at a time (never the whole list up front)."""
-    frames = [int(f) for f in frames]
-    out: list[Candidates] = []
-    bs = segmenter.options.batch_size
-    for start in range(0, len(frames), bs):
-        chunk = frames[start : start + bs]
-        out += segmenter.segment_images(read_frames(video, chunk), video.video_id, chunk)
-    return out
+class BatchedSegmenter:
+    """Base of the segmentation backends: :meth:`segment` reads ``options.batch_size`` frames
+    at a time (never the whole list up front) and turns each batch into candidates with the
+    backend's :meth:`segment_batch`."""
+
+    options: Any
+
+    def segment(self, video: Video, frames: Sequence[int]) -> list[Candidates]:
+        frames, bs = [int(f) for f in frames], self.options.batch_size
+        return [c for s in range(0, len(frames), bs)
+                for c in self.segment_batch(read_frames(video, frames[s : s + bs]), video.video_id, frames[s : s + bs])]
+
+    def segment_batch(self, images: list[np.ndarray], video_id: str, frames: list[int]) -> list[Candidates]:
+        """Candidates of RGB uint8 HxWx3 ``images`` (the video's ``frames``), one forward."""
+        raise NotImplementedError
 
 
 def read_frames(video: Video, frames: Sequence[int]) -> list[np.ndarray]:
