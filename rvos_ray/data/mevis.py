@@ -23,11 +23,11 @@ import numpy as np
 from rvos_ray import masks
 from rvos_ray.data import io as dio
 from rvos_ray.data.errors import DataError
-from rvos_ray.data.refytvos import FRAME_EXT, parse_obj_id, read_json, require
+from rvos_ray.data.refytvos import MetaVideos, parse_obj_id, read_json, require
 from rvos_ray.types import Expression, Video
 
 
-class MeViS:
+class MeViS(MetaVideos):
     """One split of MeViS (``train``, ``valid_u``, ``valid``): same methods as
     :class:`~rvos_ray.data.refytvos.RefYTVOS` where they make sense (no palette label maps,
     no categories)."""
@@ -44,42 +44,12 @@ class MeViS:
             have = [n for n in dio.list_dir(self.root) if dio.is_dir(dio.join(self.root, n))]
             raise DataError(f"split folder {self.split_dir} does not exist (folders: {', '.join(have) or 'none'})")
         self.meta_path = dio.join(self.split_dir, "meta_expressions.json")
-        meta = read_json(self.meta_path, "meta_expressions.json")
-        self._videos: dict[str, dict] = require(meta, "videos", "", self.meta_path)
-        for vid, entry in self._videos.items():
-            require(entry, "expressions", f"videos.{vid}", self.meta_path)
-            frames = require(entry, "frames", f"videos.{vid}", self.meta_path, list)
-            if not all(isinstance(f, str) for f in frames):
-                raise DataError(f"{self.meta_path}: key 'videos.{vid}.frames' must list frame names (strings)")
+        self._videos = self._load_meta(self.meta_path)
         self._ids = sorted(self._videos)
+        self._idset = set(self._ids)
         self.mask_dict_path = dio.join(self.split_dir, "mask_dict.json")
         self._mask_dict: dict | None = None
         self._video_cache: dict[str, Video] = {}
-
-    def video_ids(self) -> list[str]:
-        return list(self._ids)
-
-    def _entry(self, vid: str) -> dict:
-        if vid not in self._videos:
-            raise DataError(f"video {vid!r} is not in split {self.split!r} ({self.meta_path})")
-        return self._videos[vid]
-
-    def video(self, vid: str) -> Video:
-        """Frame names and paths; checks the video folder holds every listed frame."""
-        if vid in self._video_cache:
-            return self._video_cache[vid]
-        frames = self._entry(vid)["frames"]
-        folder = dio.join(self.split_dir, "JPEGImages", vid)
-        if not dio.is_dir(folder):
-            raise DataError(f"video folder {folder} does not exist (video {vid!r} of {self.meta_path})")
-        present = set(dio.list_dir(folder))
-        missing = [f for f in frames if f + FRAME_EXT not in present]
-        if missing:
-            raise DataError(f"video folder {folder} lacks {len(missing)} frame(s) listed in "
-                            f"{self.meta_path}, first {missing[0] + FRAME_EXT!r}")
-        video = Video(vid, tuple(frames), tuple(dio.join(folder, f + FRAME_EXT) for f in frames))
-        self._video_cache[vid] = video
-        return video
 
     def expressions(self, vid: str) -> list[Expression]:
         """Expressions in file order; ``obj_ids`` = the expression's anno ids (empty if the

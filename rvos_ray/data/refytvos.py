@@ -77,7 +77,69 @@ def parse_obj_id(value: object, key: str, uri: str) -> int:
     raise DataError(f"{uri}: key {key!r} must be an integer object id, got {value!r}")
 
 
-class RefYTVOS:
+class MetaVideos:
+    """What the readers of this layout share: the meta file's videos (``meta_path``,
+    validated by :meth:`_load_meta`; ``_ids`` the split's) and their frames under
+    ``<split_dir>/JPEGImages/<vid>/``."""
+
+    split: str
+    split_dir: str
+    meta_path: str
+    _videos: dict[str, dict]
+    _ids: list[str]
+    _idset: set[str]
+    _video_cache: dict[str, Video]
+
+    @staticmethod
+    def _load_meta(uri: str) -> dict[str, dict]:
+        meta = read_json(uri, "meta_expressions.json")
+        videos = require(meta, "videos", "", uri)
+        for vid, entry in videos.items():
+            where = f"videos.{vid}"
+            require(entry, "expressions", where, uri)
+            frames = require(entry, "frames", where, uri, list)
+            if not all(isinstance(f, str) for f in frames):
+                raise DataError(f"{uri}: key {where + '.frames'!r} must list frame names (strings)")
+        return videos
+
+    def video_ids(self) -> list[str]:
+        """The split's video ids, sorted."""
+        return list(self._ids)
+
+    def _entry(self, vid: str) -> dict:
+        if vid not in self._idset:
+            raise DataError(f"video {vid!r} is not in split {self.split!r} ({self.meta_path})")
+        return self._videos[vid]
+
+    def video(self, vid: str) -> Video:
+        """The video's frames (names from the meta, paths to ``JPEGImages/<vid>/<frame>.jpg``).
+
+        Lists the video folder once to check it is there and holds every frame; no pixel is
+        read.
+        """
+        if vid in self._video_cache:
+            return self._video_cache[vid]
+        frames = self._entry(vid)["frames"]
+        folder = dio.join(self.split_dir, "JPEGImages", vid)
+        if not dio.is_dir(folder):
+            raise DataError(f"video folder {folder} does not exist (video {vid!r} of {self.meta_path})")
+        present = set(dio.list_dir(folder))
+        missing = [f for f in frames if f + FRAME_EXT not in present]
+        if missing:
+            raise DataError(
+                f"video folder {folder} lacks {len(missing)} frame(s) listed in {self.meta_path}, "
+                f"first {missing[0] + FRAME_EXT!r}"
+            )
+        video = Video(
+            video_id=vid,
+            frame_names=tuple(frames),
+            frame_paths=tuple(dio.join(folder, f + FRAME_EXT) for f in frames),
+        )
+        self._video_cache[vid] = video
+        return video
+
+
+class RefYTVOS(MetaVideos):
     """One split of a Ref-YouTube-VOS-layout dataset.
 
     ``RefYTVOS(root, split)``: ``root`` is a local path or URI; ``split`` is ``train``,
@@ -125,56 +187,6 @@ class RefYTVOS:
         if split == "test" and dio.is_dir(dio.join(self.root, "valid", "JPEGImages")):
             return dio.join(self.root, "valid")
         raise DataError(f"split folder {own} does not exist (split {split!r} of {self.root})")
-
-    @staticmethod
-    def _load_meta(uri: str) -> dict[str, dict]:
-        meta = read_json(uri, "meta_expressions.json")
-        videos = require(meta, "videos", "", uri)
-        for vid, entry in videos.items():
-            where = f"videos.{vid}"
-            require(entry, "expressions", where, uri)
-            frames = require(entry, "frames", where, uri, list)
-            if not all(isinstance(f, str) for f in frames):
-                raise DataError(f"{uri}: key {where + '.frames'!r} must list frame names (strings)")
-        return videos
-
-    # -- public API -----------------------------------------------------------------------
-
-    def video_ids(self) -> list[str]:
-        """The split's video ids, sorted."""
-        return list(self._ids)
-
-    def _entry(self, vid: str) -> dict:
-        if vid not in self._idset:
-            raise DataError(f"video {vid!r} is not in split {self.split!r} ({self.meta_path})")
-        return self._videos[vid]
-
-    def video(self, vid: str) -> Video:
-        """The video's frames (names from the meta, paths to ``JPEGImages/<vid>/<frame>.jpg``).
-
-        Lists the video folder once to check it is there and holds every frame; no pixel is
-        read.
-        """
-        if vid in self._video_cache:
-            return self._video_cache[vid]
-        frames = self._entry(vid)["frames"]
-        folder = dio.join(self.split_dir, "JPEGImages", vid)
-        if not dio.is_dir(folder):
-            raise DataError(f"video folder {folder} does not exist (video {vid!r} of {self.meta_path})")
-        present = set(dio.list_dir(folder))
-        missing = [f for f in frames if f + FRAME_EXT not in present]
-        if missing:
-            raise DataError(
-                f"video folder {folder} lacks {len(missing)} frame(s) listed in {self.meta_path}, "
-                f"first {missing[0] + FRAME_EXT!r}"
-            )
-        video = Video(
-            video_id=vid,
-            frame_names=tuple(frames),
-            frame_paths=tuple(dio.join(folder, f + FRAME_EXT) for f in frames),
-        )
-        self._video_cache[vid] = video
-        return video
 
     def expressions(self, vid: str) -> list[Expression]:
         """The video's referring expressions in file order.
