@@ -84,6 +84,13 @@ class ExpressionScore:
         return (self.J + self.F) / 2
 
 
+def metrics_table(rows: Sequence[ExpressionScore], name: str = "metrics") -> pa.Table:
+    """Per-expression scores as a metrics table (:data:`rvos_ray.types.METRICS_SCHEMA`)."""
+    return table_from_columns({"video": [r.video for r in rows], "exp_id": [r.exp_id for r in rows],
+                               "J": [r.J for r in rows], "F": [r.F for r in rows], "J&F": [r.JF for r in rows],
+                               "n_frames": [r.n_frames for r in rows]}, METRICS_SCHEMA, name)
+
+
 @dataclass
 class VideoScore:
     video: str
@@ -113,19 +120,7 @@ class ScoreReport:
 
     def table(self) -> pa.Table:
         """The per-expression metrics table (:data:`rvos_ray.types.METRICS_SCHEMA`)."""
-        rows = self.expressions
-        return table_from_columns(
-            {
-                "video": [r.video for r in rows],
-                "exp_id": [r.exp_id for r in rows],
-                "J": [r.J for r in rows],
-                "F": [r.F for r in rows],
-                "J&F": [r.JF for r in rows],
-                "n_frames": [r.n_frames for r in rows],
-            },
-            METRICS_SCHEMA,
-            "metrics",
-        )
+        return metrics_table(self.expressions)
 
     def summary(self) -> dict[str, Any]:
         """Split figures: J, F, J&F (means over expressions, or over objects for "davis") and

@@ -29,7 +29,7 @@ from rvos_ray.runtime.run_dir import RunDir
 from rvos_ray.stages.keyframes import keyframes_of
 from rvos_ray.stages.protocols import Stage
 from rvos_ray.telemetry import metrics as telemetry
-from rvos_ray.types import METRICS_SCHEMA, Resources, Video, VideoWork, table_from_columns
+from rvos_ray.types import Resources, Video, VideoWork
 
 Event = dict[str, Any]
 
@@ -175,11 +175,8 @@ class ChosenMasks:
     def __init__(self, work: VideoWork, tracklets: pa.Table, prediction: pa.Table, height: int, width: int):
         self.height, self.width = height, width
         self.index = {n: i for i, n in enumerate(work.video.frame_names)}
-        rows: dict[tuple[int, int], bytes] = {}
-        for t, f, r in zip(tracklets.column("tracklet_id").to_pylist(), tracklets.column("frame").to_pylist(),
-                           tracklets.column("rle").to_pylist()):
-            rows[(t, f)] = r
-        self.rows = rows
+        cols = (tracklets.column(k).to_pylist() for k in ("tracklet_id", "frame", "rle"))
+        self.rows = {(t, f): r for t, f, r in zip(*cols)}
         self.chosen = dict(zip(prediction.column("exp_id").to_pylist(), prediction.column("tracklet_id").to_pylist()))
 
     def name(self, video: str, exp_id: str, frame: str) -> str:
@@ -216,13 +213,11 @@ def score_video(cfg: Mapping[str, Any], work: VideoWork, tracklets: pa.Table, pr
                         f"the objects they refer to (an annotated split); set run.score=false to "
                         f"write predictions without scoring")
     h, w = frame_size(tracklets, work.video)
-    vs = scorer(d["dataset"], d["root"], d["split"], ev["protocol"], bool(ev["strict"])).score_video(work.video_id, ChosenMasks(work, tracklets, prediction, h, w))
-    rows = vs.expressions
-    table = table_from_columns(
-        {"video": [r.video for r in rows], "exp_id": [r.exp_id for r in rows], "J": [r.J for r in rows],
-         "F": [r.F for r in rows], "J&F": [r.JF for r in rows], "n_frames": [r.n_frames for r in rows]},
-        METRICS_SCHEMA, f"metrics of {work.video_id!r}")
-    return table, vs.n_annotated
+    vs = scorer(d["dataset"], d["root"], d["split"], ev["protocol"], bool(ev["strict"])).score_video(
+        work.video_id, ChosenMasks(work, tracklets, prediction, h, w))
+    from rvos_ray.evaluation.scorer import metrics_table
+
+    return metrics_table(vs.expressions, f"metrics of {work.video_id!r}"), vs.n_annotated
 
 
 class WriteStage(Stage):

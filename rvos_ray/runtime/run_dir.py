@@ -207,18 +207,9 @@ class RunDir:
         return table
 
     def write_failures_table(self, failures: list[Failure]) -> pa.Table:
-        failures = sorted(failures, key=lambda f: f.video_id)
-        table = table_from_columns(
-            {
-                "video_id": [f.video_id for f in failures],
-                "stage": [f.stage for f in failures],
-                "error": [f.error for f in failures],
-                "message": [f.message for f in failures],
-                "traceback": [f.traceback for f in failures],
-            },
-            FAILURE_SCHEMA,
-            "failures",
-        )
+        failures = sorted(failures, key=lambda f: f.video_id)  # the schema's columns are Failure's fields
+        table = table_from_columns({k: [getattr(f, k) for f in failures] for k in FAILURE_SCHEMA.names},
+                                   FAILURE_SCHEMA, "failures")
         fio.write_bytes(self.path("failures.parquet"), table_bytes(table))
         return table
 
