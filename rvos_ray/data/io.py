@@ -62,11 +62,6 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.move(tmp, path)
 
 
-def make_dirs(uri: str) -> None:
-    fs, path = resolve(uri)
-    fs.create_dir(path, recursive=True)
-
-
 def read_image(uri: str) -> np.ndarray:
     """An RGB uint8 HxWx3 frame (JPEG/PNG)."""
     with Image.open(io.BytesIO(read_bytes(uri))) as im:

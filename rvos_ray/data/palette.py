@@ -91,8 +91,3 @@ def read_palette_png(uri: str) -> np.ndarray:
     except OSError as e:
         raise DataError(f"{uri}: cannot read annotation PNG ({e})") from e
     return decode_palette_png(data, uri)
-
-
-def write_palette_png(uri: str, label: np.ndarray) -> None:
-    """Write a label map as a palette PNG (atomic)."""
-    dio.write_bytes(uri, encode_palette_png(label))

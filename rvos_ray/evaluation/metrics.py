@@ -94,11 +94,6 @@ def f_from_counts(n_fg: int, n_gt: int, fg_match: int, gt_match: int) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def boundary_f(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> float:
-    """Boundary F-measure of one frame (DAVIS ``db_eval_boundary`` semantics)."""
-    return frame_jf(gt, pred, bound_th)[1]
-
-
 def frame_jf(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> tuple[float, float]:
     """(J, F) of one frame; ``gt`` and ``pred`` are HxW masks of the same size."""
     g, p = _as_u8(gt), _as_u8(pred)

@@ -184,17 +184,13 @@ class ModelPropagator:
 
         builder = TrackletBuilder(video, candidates, tracklet_ids)
         if len(candidates) == 0:
-            return empty_tracklets()
+            return TRACKLET_SCHEMA.empty_table()
         with torch.inference_mode():
             self._run(video, candidates, builder)
         return builder.table()
 
     def _run(self, video: Video, candidates: Candidates, builder: TrackletBuilder) -> None:
         raise NotImplementedError
-
-
-def empty_tracklets() -> pa.Table:
-    return TRACKLET_SCHEMA.empty_table()
 
 
 def keyframe_rows(candidates: Candidates) -> tuple[list[bytes], list[float]]:
