@@ -62,7 +62,7 @@ class Call:
     tags: Mapping[str, str] = field(default_factory=dict)  # telemetry tags (model=, variant=)
     frames: int = 0  # the video's frames, when this call finishes its stage for the video
     completes: str = ""  # a fan-out stage this call consumes (done for the video as it starts)
-    affinity: str = ""  # calls of one pool with the same affinity run on the same replica
+    affinity: str = ""  # calls of one stage with the same affinity run on the same replica
 
     @property
     def stage(self) -> str:
