@@ -24,7 +24,7 @@ from rvos_ray import masks
 from rvos_ray.data import io as dio
 from rvos_ray.data.errors import DataError
 from rvos_ray.data.refytvos import MetaVideos, parse_obj_id, read_json, require
-from rvos_ray.types import Expression, Video
+from rvos_ray.types import Expression
 
 
 class MeViS(MetaVideos):
@@ -35,10 +35,7 @@ class MeViS(MetaVideos):
     dataset = "mevis"
 
     def __init__(self, root: str, split: str) -> None:
-        self.root = str(root)
-        self.split = split
-        if not dio.is_dir(self.root):
-            raise DataError(f"data root {self.root!r} does not exist or is not a directory")
+        super().__init__(root, split)
         self.split_dir = dio.join(self.root, split)
         if not dio.is_dir(self.split_dir):
             have = [n for n in dio.list_dir(self.root) if dio.is_dir(dio.join(self.root, n))]
@@ -49,7 +46,6 @@ class MeViS(MetaVideos):
         self._idset = set(self._ids)
         self.mask_dict_path = dio.join(self.split_dir, "mask_dict.json")
         self._mask_dict: dict | None = None
-        self._video_cache: dict[str, Video] = {}
 
     def expressions(self, vid: str) -> list[Expression]:
         """Expressions in file order; ``obj_ids`` = the expression's anno ids (empty if the

@@ -88,7 +88,12 @@ class MetaVideos:
     _videos: dict[str, dict]
     _ids: list[str]
     _idset: set[str]
-    _video_cache: dict[str, Video]
+
+    def __init__(self, root: str, split: str) -> None:
+        self.root, self.split = str(root), split
+        if not dio.is_dir(self.root):
+            raise DataError(f"data root {self.root!r} does not exist or is not a directory")
+        self._video_cache: dict[str, Video] = {}
 
     @staticmethod
     def _load_meta(uri: str) -> dict[str, dict]:
@@ -150,10 +155,7 @@ class RefYTVOS(MetaVideos):
     dataset = "refytvos"
 
     def __init__(self, root: str, split: str) -> None:
-        self.root = str(root)
-        self.split = split
-        if not dio.is_dir(self.root):
-            raise DataError(f"data root {self.root!r} does not exist or is not a directory")
+        super().__init__(root, split)
         self.meta_path = dio.join(self.root, "meta_expressions", split, "meta_expressions.json")
         if not dio.exists(self.meta_path):
             have = self._splits_with_meta()
@@ -170,7 +172,6 @@ class RefYTVOS(MetaVideos):
             ids = [v for v in ids if v not in test_ids]
         self._ids = sorted(ids)
         self._idset = set(self._ids)
-        self._video_cache: dict[str, Video] = {}
         self._annotation_cache: dict[str, tuple[str, ...]] = {}
 
     # -- construction helpers -------------------------------------------------------------
