@@ -228,7 +228,7 @@ class WriteStage(Stage):
 
     stage = "writer"
 
-    def __init__(self, run_uri: str, c: Mapping[str, Any], resources: Resources = Resources()) -> None:
+    def __init__(self, run_uri: str, c: Mapping[str, Any], resources: Resources | None = None) -> None:
         super().__init__(resources)
         self.run_uri, self.c = run_uri, c
 

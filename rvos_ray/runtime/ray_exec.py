@@ -6,8 +6,9 @@ What runs is :mod:`rvos_ray.runtime.pipeline`; this module decides where and whe
   (:func:`rvos_ray.runtime.graph.stages_of`: each segmentation model, the propagator, each group
   of grounder variants sharing an encoder), ``replicas`` times each. Each asks for its stage's
   ``resources:`` (``num_cpus``, ``num_gpus``, ``custom``), so on a GPU cluster they land on
-  separate GPUs and custom resources steer them to node types. Actors restart (``ray.max_restarts``), in place or on another node, and their
-  interrupted calls are retried for as long as the restart takes.
+  separate GPUs and custom resources steer them to node types. Actors restart
+  (``ray.max_restarts``), in place or on another node, and their interrupted calls are retried
+  for as long as the restart takes.
 - **Per video**, the driver interprets the graph of :mod:`rvos_ray.runtime.graph`: one segment
   call per model and keyframe batch -> one pooling task (each keyframe's candidates its own
   object, plus their counts) -> once the counts are known, propagation calls per keyframe and
@@ -265,7 +266,7 @@ class RayExecutor:
         self.c = OmegaConf.to_container(cfg, resolve=True)
         self.on_phase = on_phase or (lambda phase, vid: None)
         self.pools: dict[graph.StageKey, list] = {}  # each stage with models: its actor replicas
-        self.tasks: dict[graph.StageKey, Any] = {}  # the run's other stages, each put once
+        self.tasks: dict[graph.StageKey, tuple[Any, dict]] = {}  # the run's other stages: (put once, task options)
         self.placements: dict[str, list[dict]] = {}
         self._rr: dict[str, int] = {}
         self._sticky: dict[tuple, Any] = {}  # (pool, affinity) -> the replica its calls go to
@@ -335,10 +336,21 @@ class RayExecutor:
 
     # ---- per-video graph -------------------------------------------------------------------
 
-    def _cpu_opts(self) -> dict[str, Any]:
-        r = Resources.of(self.c["tasks"])
-        return {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "resources": dict(r.custom),
+    def _task_opts(self, stage: Stage) -> dict[str, Any]:
+        """The task options of a stage without models: its declared resources (the writer's
+        pinned to the driver's node when the run directory is local, see below)."""
+        r = stage.resources
+        opts = {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "resources": dict(r.custom),
                 "max_retries": int(self.c["ray"]["max_retries"])}
+        if stage.stage == "writer" and self.rd.is_local:
+            # A local run directory exists on the driver's machine only: write there. Pinned to
+            # one node, the writer reserves nothing: that node's CPUs may all be held by actors
+            # for the whole run (a head with num-cpus 0, or a head hosting the model actors),
+            # and a writer waiting for a CPU there would wait forever.
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False)
+            opts.update(num_cpus=0, num_gpus=0, resources={})
+        return opts
 
     def _plan(self, v: _Video, track: dict[Any, _Call]) -> list[graph.Call]:
         """Submit the calls of ``v``'s graph that can be planned now; when planning stops at a
@@ -368,8 +380,8 @@ class RayExecutor:
             actor = self._next(call.key, self.pools[call.key], call.affinity)
             refs = actor.call.options(num_returns=call.returns).remote(call, *args)
         else:
-            opts = self._writer_opts() if call.writer else self._cpu_opts()
-            refs = run_task.options(num_returns=call.returns, **opts).remote(self.tasks[call.key], call, *args)
+            stage, opts = self.tasks[call.key]
+            refs = run_task.options(num_returns=call.returns, **opts).remote(stage, call, *args)
         refs = list(refs) if call.returns > 1 else [refs]
         for i, ref in enumerate(refs):
             v.refs[call.out(i)] = ref
@@ -379,19 +391,7 @@ class RayExecutor:
     def _asks_of(self, call: graph.Call) -> str:
         if call.key in self.pools:
             return f"a {call.key[-1]!r} {call.stage} actor"
-        return _asks(self._writer_opts() if call.writer else self._cpu_opts())
-
-    def _writer_opts(self) -> dict[str, Any]:
-        opts = self._cpu_opts()
-        if self.rd.is_local:
-            # A local run directory exists on the driver's machine only: write there. Pinned to
-            # one node, the writer reserves nothing: that node's CPUs may all be held by actors
-            # for the whole run (a head with num-cpus 0, or a head hosting the model actors),
-            # and a writer waiting for a CPU there would wait forever.
-            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                ray.get_runtime_context().get_node_id(), soft=False)
-            opts.update(num_cpus=0, num_gpus=0, resources={})
-        return opts
+        return _asks(self.tasks[call.key][1])
 
     # ---- the driver loop ------------------------------------------------------------------------
 
@@ -418,7 +418,8 @@ class RayExecutor:
                 out.timings["setup_s"] = time.perf_counter() - t0
                 out.event("actors_ready", placements=self.placements)
             t0 = time.perf_counter()
-            self.tasks = {k: ray.put(s) for k, s in graph.stages_of(self.c, self.rd.uri).items() if not s.has_models}
+            self.tasks = {k: (ray.put(s), self._task_opts(s))
+                          for k, s in graph.stages_of(self.c, self.rd.uri).items() if not s.has_models}
             self._loop(p, out, progress)
             out.timings["loop_s"] = time.perf_counter() - t0
         out.event("run_end")

@@ -119,7 +119,7 @@ class EnsembleStage(Stage):
 
     stage = "ensemble"
 
-    def __init__(self, section: Mapping[str, Any], resources: Resources = Resources()) -> None:
+    def __init__(self, section: Mapping[str, Any], resources: Resources | None = None) -> None:
         from rvos_ray.config import EnsembleConfig
 
         super().__init__(resources)

@@ -33,6 +33,7 @@ import pyarrow as pa
 from rvos_ray import masks as rle
 from rvos_ray.registry import PROPAGATORS, ConfigError
 from rvos_ray.stages.protocols import Propagator, Stage
+from rvos_ray.stages.prune import masks_at, subset, uncovered
 from rvos_ray.types import TRACKLET_SCHEMA, Candidates, Resources, SchemaError, Video, table_from_columns, validate
 
 
@@ -92,8 +93,6 @@ class PropagateStage(Stage):
         tracklet tables of the earlier keyframes (with ``covered_iou``; their covered candidates'
         tracklet ids stay unused). The passes are ``{"propagation": {"backbone": frames the
         backbone encoded}}`` (the summary's ``encoder_passes``, with the grounders')."""
-        from rvos_ray.stages.prune import masks_at, subset, uncovered
-
         chunk, ids = subset(candidates, range(call.start, call.stop)), call.tracklet_ids
         if self.covered_iou is not None and earlier:
             keep = uncovered(chunk, masks_at(earlier, chunk.frame), float(self.covered_iou))

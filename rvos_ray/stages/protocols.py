@@ -25,8 +25,8 @@ class Stage:
 
     stage: ClassVar[str] = ""  # its name in events, failures and the summary (pipeline.STAGES)
 
-    def __init__(self, resources: Resources, name: str = "") -> None:
-        self.resources = resources
+    def __init__(self, resources: Resources | None = None, name: str = "") -> None:
+        self.resources = Resources() if resources is None else resources
         self.name = name  # which one, when a stage has several (a segmentation model, a grounder group)
 
     @property

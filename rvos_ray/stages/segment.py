@@ -37,6 +37,7 @@ from rvos_ray.data import io
 from rvos_ray.data.errors import DataError
 from rvos_ray.registry import SEGMENTERS, ConfigError, parse_options
 from rvos_ray.stages.protocols import Segmenter, Stage
+from rvos_ray.stages.prune import merge_duplicates
 from rvos_ray.types import Candidates, Resources, Video
 
 __all__ = [
@@ -83,7 +84,7 @@ class SegmentStage(Stage):
 
     stage = "segmentation"
 
-    def __init__(self, entry: Mapping[str, Any], where: str, resources: Resources = Resources()) -> None:
+    def __init__(self, entry: Mapping[str, Any], where: str, resources: Resources | None = None) -> None:
         entry = dict(entry)
         for key in ("name", "backend"):
             if not entry.get(key):
@@ -119,7 +120,7 @@ class PoolStage(Stage):
 
     stage = "pooling"
 
-    def __init__(self, models: int, duplicate_iou: float | None = None, resources: Resources = Resources()) -> None:
+    def __init__(self, models: int, duplicate_iou: float | None = None, resources: Resources | None = None) -> None:
         super().__init__(resources)
         self.models, self.duplicate_iou = int(models), duplicate_iou
 
@@ -127,8 +128,6 @@ class PoolStage(Stage):
         """(each keyframe's candidates, ..., their counts). ``batches``: every model's segment
         results, model by model; each segment call returned the frames of its batch (checked
         by :class:`SegmentStage`), so a model's batches in order are the keyframes in order."""
-        from rvos_ray.stages.prune import merge_duplicates
-
         per = len(batches) // max(self.models, 1)
         flat = [[c for b in batches[m * per : (m + 1) * per] for c in b] for m in range(self.models)]
         pooled = [Candidates.concat([m[i] for m in flat]) for i in range(len(keyframes))]

@@ -147,7 +147,7 @@ class NMSStage(Stage):
 
     stage = "nms"
 
-    def __init__(self, section: Mapping[str, Any], resources: Resources = Resources()) -> None:
+    def __init__(self, section: Mapping[str, Any], resources: Resources | None = None) -> None:
         from rvos_ray.config import NMSConfig
 
         super().__init__(resources)
